@@ -1,0 +1,250 @@
+"""28x28 grey image datasets through tensorflow_datasets, offline from local IDX files.
+
+tfds.load('mnist') downloads from the internet, which many machines (and this
+project's CI) cannot reach. Instead a TFDS builder of ours reads the four IDX
+files of the dataset from a local directory (Debian's dataset-fashion-mnist
+puts Fashion-MNIST in /usr/share/datasets/fashion-mnist) and prepares it once
+in the TFDS data directory, under a builder config named by the sha256 of the
+source files, so other files never reuse a stale copy. The decoded arrays are
+cached beside the prepared copy, and every load records a sha256 fingerprint
+of the arrays themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import os
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from repro.errors import ReproError
+
+DEFAULT_DATA_DIRS = {
+    "fashion_mnist": "/usr/share/datasets/fashion-mnist",
+    "mnist": "/usr/share/datasets/mnist",
+}
+INSTALL_HINT = {
+    "fashion_mnist": "install it with 'apt-get install -y dataset-fashion-mnist' or pass "
+                     "--data_dir=DIR holding the four IDX files",
+    "mnist": "no Debian package ships MNIST: pass --data_dir=DIR holding "
+             "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte "
+             "and t10k-labels-idx1-ubyte (each may end in .gz)",
+}
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+IMAGE_SHAPE = (28, 28, 1)
+NUM_CLASSES = 10
+BUILDER_VERSION = "1.0.0"
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """Arrays of one dataset: images uint8 (n, 28, 28, 1), labels int32 (n,)."""
+
+  name: str
+  train_images: np.ndarray
+  train_labels: np.ndarray
+  test_images: np.ndarray
+  test_labels: np.ndarray
+  source: str
+  fingerprint: dict[str, str]
+
+
+def fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
+  """sha256 over the shapes, dtypes and bytes of an (images, labels) pair."""
+  digest = hashlib.sha256()
+  for array in (images, labels):
+    digest.update(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+  return digest.hexdigest()
+
+
+def find_idx_files(data_dir: Path, dataset: str) -> dict[str, Path]:
+  """The four IDX files of `data_dir` (plain or .gz), or a ReproError naming what is missing."""
+  if not data_dir.is_dir():
+    what = "is not a directory" if data_dir.exists() else "does not exist"
+    raise ReproError(f"data directory {data_dir} {what}: {INSTALL_HINT[dataset]}")
+  found = {}
+  for key, stem in IDX_FILES.items():
+    candidates = [data_dir / stem, data_dir / (stem + ".gz")]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+      raise ReproError(
+          f"{stem}[.gz] is missing from {data_dir}: {INSTALL_HINT[dataset]}")
+    found[key] = path
+  return found
+
+
+def read_idx(path: Path, expected_ndim: int) -> np.ndarray:
+  """Parses one IDX file of unsigned bytes; ReproError if it is not one."""
+  try:
+    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+  except (OSError, EOFError, zlib.error) as err:
+    raise ReproError(f"cannot read {path}: {err}; replace it with an intact copy") from None
+  bad = f"{path} is not a valid IDX file"
+  if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+    raise ReproError(f"{bad} (bad magic number); replace it with an intact copy")
+  dtype_code, ndim = raw[2], raw[3]
+  if dtype_code != 0x08 or ndim != expected_ndim:
+    raise ReproError(
+        f"{bad} (expected unsigned bytes in {expected_ndim} dimensions, found type "
+        f"0x{dtype_code:02x} in {ndim}); check that the file names are not swapped")
+  header = 4 + 4 * ndim
+  if len(raw) < header:
+    raise ReproError(f"{bad} (header truncated); replace it with an intact copy")
+  shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+  size = int(np.prod(shape))
+  if len(raw) - header != size:
+    raise ReproError(
+        f"{bad} (header promises {size} bytes of data for shape {shape}, file has "
+        f"{len(raw) - header}); replace it with an intact copy")
+  return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def read_split(files: dict[str, Path], split: str) -> tuple[np.ndarray, np.ndarray]:
+  """Images (n, 28, 28, 1) uint8 and labels (n,) uint8 of 'train' or 'test', validated."""
+  images = read_idx(files[f"{split}_images"], 3)
+  labels = read_idx(files[f"{split}_labels"], 1)
+  if images.shape[1:] != IMAGE_SHAPE[:2]:
+    raise ReproError(
+        f"{files[f'{split}_images']} holds {images.shape[1:]} images, expected 28x28")
+  if len(images) != len(labels):
+    raise ReproError(
+        f"{split} split has {len(images)} images but {len(labels)} labels; the IDX files "
+        f"in {files[f'{split}_images'].parent} do not belong together")
+  if len(labels) and labels.max() >= NUM_CLASSES:
+    raise ReproError(
+        f"{files[f'{split}_labels']} has label {labels.max()}, expected 0..{NUM_CLASSES - 1}")
+  return images.reshape((-1,) + IMAGE_SHAPE), labels
+
+
+def _sources_digest(files: dict[str, Path]) -> str:
+  digest = hashlib.sha256()
+  for key in sorted(files):
+    digest.update(key.encode())
+    digest.update(files[key].read_bytes())
+  return digest.hexdigest()[:16]
+
+
+def _builder_class(dataset: str):
+  """A TFDS GeneratorBasedBuilder named repro_<dataset> over local IDX files."""
+  import tensorflow_datasets as tfds  # slow import: only when preparing
+
+  class LocalIdx(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    name = f"repro_{dataset}"
+    VERSION = tfds.core.Version(BUILDER_VERSION)
+    MANUAL_DOWNLOAD_INSTRUCTIONS = INSTALL_HINT[dataset]
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self,
+          description=f"{dataset} from local IDX files (repro).",
+          features=tfds.features.FeaturesDict({
+              "image": tfds.features.Tensor(shape=IMAGE_SHAPE, dtype=np.uint8),
+              "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
+          }),
+          supervised_keys=("image", "label"),
+      )
+
+    def _split_generators(self, dl_manager):
+      files = find_idx_files(Path(dl_manager.manual_dir), dataset)
+      return {split: self._generate_examples(files, split) for split in ("train", "test")}
+
+    def _generate_examples(self, files, split):
+      images, labels = read_split(files, split)
+      for index in range(len(labels)):
+        yield index, {"image": images[index], "label": int(labels[index])}
+
+  return LocalIdx
+
+
+def _tfds_dir(tfds_dir: str | None) -> Path:
+  if tfds_dir:
+    return Path(tfds_dir).expanduser()
+  return Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+  fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+  with os.fdopen(fd, "wb") as f:
+    np.save(f, array)
+  os.replace(tmp, path)
+
+
+def _prepare_with_tfds(dataset: str, data_dir: Path, root: Path, config_name: str,
+                       cache: Path) -> None:
+  """Runs the TFDS builder once and caches its decoded arrays under `cache`."""
+  import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()
+  builder = _builder_class(dataset)(
+      config=tfds.core.BuilderConfig(name=config_name), data_dir=str(root),
+      file_format="array_record")
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(data_dir)))
+  cache.mkdir(parents=True, exist_ok=True)
+  for split in ("train", "test"):
+    source = builder.as_data_source(split=split)
+    examples = source.__getitems__(list(range(len(source))))
+    images = np.stack([e["image"] for e in examples]) if examples else np.zeros(
+        (0,) + IMAGE_SHAPE, np.uint8)
+    labels = np.array([e["label"] for e in examples], dtype=np.int32)
+    _save_atomic(cache / f"{split}-labels.npy", labels)
+    _save_atomic(cache / f"{split}-images.npy", images)
+
+
+def load(dataset: str, data_dir: str | None = None, tfds_dir: str | None = None,
+         log=print) -> Dataset:
+  """Loads `dataset` ('mnist' or 'fashion_mnist') from local IDX files via TFDS.
+
+  Args:
+    dataset: the dataset name.
+    data_dir: directory of the IDX files; None means DEFAULT_DATA_DIRS[dataset].
+    tfds_dir: TFDS data directory for the prepared copy; None means
+      $TFDS_DATA_DIR or ~/tensorflow_datasets.
+    log: where to say that a first preparation is happening.
+
+  Returns:
+    A Dataset with a sha256 fingerprint of its train and test arrays.
+  """
+  if dataset not in DEFAULT_DATA_DIRS:
+    raise ReproError(f"unknown dataset {dataset!r}: use one of {sorted(DEFAULT_DATA_DIRS)}")
+  source = Path(data_dir or DEFAULT_DATA_DIRS[dataset]).expanduser().resolve()
+  files = find_idx_files(source, dataset)
+  config_name = "idx_" + _sources_digest(files)
+  root = _tfds_dir(tfds_dir)
+  cache = root / f"repro_{dataset}" / config_name / BUILDER_VERSION / "decoded"
+  names = [cache / f"{s}-{k}.npy" for s in ("train", "test") for k in ("images", "labels")]
+  if not all(p.is_file() for p in names):
+    for split in ("train", "test"):
+      read_split(files, split)  # clear errors before TFDS sees the files
+    try:
+      root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+      raise ReproError(f"cannot create the TFDS directory {root} ({err.strerror}): "
+                       f"pass --tfds_dir=DIR on a writable disk") from None
+    if not os.access(root, os.W_OK):
+      raise ReproError(f"TFDS directory {root} is not writable: pass --tfds_dir=DIR")
+    log(f"preparing {dataset} from {source} with tensorflow_datasets into {root} (once)")
+    _prepare_with_tfds(dataset, source, root, config_name, cache)
+  try:
+    arrays = [np.load(p, allow_pickle=False) for p in names]
+  except (OSError, ValueError) as err:
+    raise ReproError(f"the decoded cache {cache} is unreadable ({err}): delete that "
+                     f"directory and run again") from None
+  train_images, train_labels, test_images, test_labels = arrays
+  return Dataset(
+      name=dataset,
+      train_images=train_images, train_labels=train_labels,
+      test_images=test_images, test_labels=test_labels,
+      source=str(source),
+      fingerprint={"train": fingerprint(train_images, train_labels),
+                   "test": fingerprint(test_images, test_labels)})

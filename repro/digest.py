@@ -1,0 +1,43 @@
+"""sha256 digests of the leaves of a state tree, independent of key types."""
+
+from __future__ import annotations
+
+import hashlib
+
+import jax
+import numpy as np
+
+
+def _key_name(entry) -> str:
+  for attr in ("key", "idx", "name"):
+    if hasattr(entry, attr):
+      return str(getattr(entry, attr))
+  return str(entry)
+
+
+def named_leaves(tree) -> dict[str, np.ndarray]:
+  """{'model/conv1/kernel': array, ...}: the leaves of a pytree as host arrays.
+
+  Integer and string keys name the same leaf ('0' == 0), so a pure dict and its
+  Orbax round trip (which turns int keys into strings) give the same names.
+  """
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {"/".join(_key_name(e) for e in path): np.asarray(leaf) for path, leaf in flat}
+
+
+def leaf_digest(array: np.ndarray) -> str:
+  digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+  digest.update(np.ascontiguousarray(array).tobytes())
+  return digest.hexdigest()
+
+
+def leaf_digests(tree) -> dict[str, str]:
+  return {name: leaf_digest(leaf) for name, leaf in sorted(named_leaves(tree).items())}
+
+
+def tree_digest(tree) -> str:
+  """One sha256 over every leaf's name, dtype, shape and bytes."""
+  digest = hashlib.sha256()
+  for name, leaf_hex in leaf_digests(tree).items():
+    digest.update(f"{name}={leaf_hex};".encode())
+  return digest.hexdigest()

@@ -1,0 +1,46 @@
+"""metrics.jsonl: one JSON line per global step, cut back to the checkpoint on resume."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+FILENAME = "metrics.jsonl"
+
+
+def read(path: Path) -> list[dict]:
+  if not path.exists():
+    return []
+  records = []
+  for line in path.read_text().splitlines():
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      break  # a torn last line from a crash; everything after it is dropped
+  return records
+
+
+class MetricsLog:
+  """Appends per-step records; records past the resumed step are dropped first."""
+
+  def __init__(self, path: Path, resume_step: int):
+    self.path = path
+    kept = [r for r in read(path) if r.get("step", 0) <= resume_step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(tmp, path)
+    self._file = open(path, "a")
+
+  def append(self, records: Iterable[dict]) -> None:
+    self._file.write("".join(json.dumps(r) + "\n" for r in records))
+    self._file.flush()
+
+  def sync(self) -> None:
+    """Makes what was appended durable (called before each checkpoint)."""
+    self._file.flush()
+    os.fsync(self._file.fileno())
+
+  def close(self) -> None:
+    self._file.close()

@@ -1,0 +1,94 @@
+"""The pure training core: a step, a scanned chunk of steps, and evaluation.
+
+State is the nnx.State of {'model', 'optimizer'} (a pytree of arrays); the
+graphdef is static. One chunk is one compiled program that scans a fixed number
+of steps and masks the tail, so every run (interrupted or not, whatever its
+checkpoint interval) executes every step with the same program and gets the
+same bits.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from repro import shuffle
+
+EVAL_BATCH = 1000
+
+
+def loss_fn(model: nnx.Module, images: jax.Array, labels: jax.Array) -> jax.Array:
+  logits = model(images)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def train_step(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array,
+               labels: jax.Array) -> tuple[nnx.State, jax.Array]:
+  """One Adam step on one batch: (state, images, labels) -> (state, loss)."""
+  objects = nnx.merge(graphdef, state)
+  loss, grads = nnx.value_and_grad(loss_fn)(objects["model"], images, labels)
+  objects["optimizer"].update(objects["model"], grads)
+  return nnx.state(objects), loss
+
+
+def make_train_chunk(graphdef: nnx.GraphDef, *, chunk_steps: int, num_examples: int,
+                     batch_size: int) -> Callable:
+  """A jitted fn(state, images, labels, shuffle_key, first_step, num_steps) -> (state, losses).
+
+  Runs global steps first_step .. first_step + num_steps - 1 (num_steps <=
+  chunk_steps) over the device-resident data; losses has chunk_steps entries,
+  of which the first num_steps are real.
+  """
+
+  @jax.jit
+  def train_chunk(state, images, labels, shuffle_key, first_step, num_steps):
+    first_epoch, perms = shuffle.chunk_permutations(
+        shuffle_key, first_step, chunk_steps, num_examples, batch_size)
+
+    def body(state, i):
+      def run(state):
+        idx = shuffle.batch_from_permutations(
+            first_epoch, perms, first_step + i, num_examples, batch_size)
+        return train_step(graphdef, state, images[idx], labels[idx])
+
+      def skip(state):
+        return state, jnp.zeros((), jnp.float32)
+
+      return jax.lax.cond(i < num_steps, run, skip, state)
+
+    return jax.lax.scan(body, state, jnp.arange(chunk_steps, dtype=jnp.int32))
+
+  return train_chunk
+
+
+def make_evaluate(graphdef: nnx.GraphDef) -> Callable:
+  """A jitted fn(state, images, labels) -> (accuracy, mean loss) over every example."""
+
+  @jax.jit
+  def evaluate(state, images, labels):
+    model = nnx.merge(graphdef, state)["model"]
+    n = images.shape[0]
+    batch = min(EVAL_BATCH, n)
+    num_batches = -(-n // batch)
+    pad = num_batches * batch - n
+    images = jnp.pad(images, ((0, pad),) + ((0, 0),) * (images.ndim - 1))
+    labels = jnp.pad(labels, (0, pad))
+    valid = jnp.arange(num_batches * batch) < n
+
+    def body(totals, b):
+      sl = lambda x: jax.lax.dynamic_slice_in_dim(x, b * batch, batch)
+      logits = model(sl(images))
+      mask = sl(valid)
+      losses = optax.softmax_cross_entropy_with_integer_labels(logits, sl(labels))
+      correct = (jnp.argmax(logits, -1) == sl(labels)) & mask
+      return (totals[0] + correct.sum(), totals[1] + jnp.where(mask, losses, 0).sum()), None
+
+    (correct, loss), _ = jax.lax.scan(
+        body, (jnp.int32(0), jnp.float32(0)), jnp.arange(num_batches))
+    return correct / n, loss / n
+
+  return evaluate

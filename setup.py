@@ -1,0 +1,4 @@
+"""Packaging metadata lives in setup.cfg."""
+import setuptools
+
+setuptools.setup()

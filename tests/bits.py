@@ -1,0 +1,38 @@
+"""Bitwise comparison of saved states, as a user would do it with Orbax."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+from repro import digest
+
+
+def restore_state(step_dir: str | Path) -> dict:
+  """The 'state' item of a checkpoint step, restored with StandardCheckpointer."""
+  return ocp.StandardCheckpointer().restore(Path(step_dir).absolute() / "state")
+
+
+def assert_bitwise_equal(a: dict, b: dict) -> None:
+  leaves_a, leaves_b = digest.named_leaves(a), digest.named_leaves(b)
+  assert sorted(leaves_a) == sorted(leaves_b)
+  for name in leaves_a:
+    x, y = leaves_a[name], leaves_b[name]
+    assert x.dtype == y.dtype and x.shape == y.shape, name
+    assert x.tobytes() == y.tobytes(), f"leaf {name} differs"
+
+
+def differing_leaves(a: dict, b: dict) -> list[str]:
+  leaves_a, leaves_b = digest.named_leaves(a), digest.named_leaves(b)
+  return [n for n in leaves_a if leaves_a[n].tobytes() != leaves_b[n].tobytes()]
+
+
+def read_losses(run_dir: str | Path) -> bytes:
+  return (Path(run_dir) / "metrics.jsonl").read_bytes()
+
+
+def all_close_count(a: dict, b: dict) -> int:
+  return sum(int(np.array_equal(x, y)) for x, y in zip(
+      digest.named_leaves(a).values(), digest.named_leaves(b).values()))
