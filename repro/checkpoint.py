@@ -30,14 +30,24 @@ class Store:
     self.directory = Path(directory)
     self.manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        # Half-written steps (<step>.orbax-checkpoint-tmp*, left by a crash or a
+        # SIGKILL mid-write) are never listed as steps and are removed here.
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True),
     )
-
-  def latest_step(self) -> int | None:
-    return self.manager.latest_step()
 
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
+
+  def set_aside(self, step: int) -> Path:
+    """Renames a bad step to corrupt-<step>[-n] (kept for inspection, never used)."""
+    n, target = 0, self.directory / f"corrupt-{step}"
+    while target.exists():
+      n += 1
+      target = self.directory / f"corrupt-{step}-{n}"
+    self.step_path(step).rename(target)
+    self.manager.reload()
+    return target
 
   def step_path(self, step: int) -> Path:
     return self.directory / str(step)

@@ -8,6 +8,7 @@ from absl import flags, logging
 
 from repro.config import DATASETS, Config
 from repro.errors import ReproError
+from repro.stop import EXIT_STOPPED
 
 FLAGS = flags.FLAGS
 EXIT_BAD_INPUT = 2
@@ -35,12 +36,18 @@ def define_train_flags() -> None:
   flags.DEFINE_integer("chunk_steps", d.chunk_steps,
                        "Steps per compiled scan chunk (speed only; never the bits).")
   flags.DEFINE_boolean("progress", d.progress, "Show a progress bar.")
+  flags.DEFINE_boolean("strict", d.strict, "Refuse to resume a checkpoint written with "
+                       "other package versions or on another platform (default: warn).")
 
 
 def parse_flags_or_exit(argv: list[str]) -> list[str]:
   """absl's parser, but a bad flag is one line on stderr and exit code 2."""
   try:
     rest = FLAGS(argv)
+  except SystemExit as stop:  # absl exits 1 after --help/--helpfull: asked for, so 0
+    asked = any(a.lstrip("-").split("=")[0] in ("help", "helpfull", "helpshort", "helpxml", "h", "?")
+                for a in argv[1:])
+    sys.exit(0 if asked and stop.code == 1 else stop.code)
   except flags.Error as err:
     print(f"error: {err} (see --helpfull)", file=sys.stderr)
     sys.exit(EXIT_BAD_INPUT)
@@ -54,7 +61,8 @@ def parse_flags_or_exit(argv: list[str]) -> list[str]:
 def config_from_flags() -> Config:
   return Config(**{name: FLAGS[name].value for name in (
       "seed", "epochs", "batch_size", "learning_rate", "dataset", "data_dir", "tfds_dir",
-      "output", "checkpoint_every", "max_to_keep", "max_steps", "chunk_steps", "progress")})
+      "output", "checkpoint_every", "max_to_keep", "max_steps", "chunk_steps", "progress",
+      "strict")})
 
 
 def train_main(argv: list[str]) -> int:
@@ -67,6 +75,10 @@ def train_main(argv: list[str]) -> int:
   except ReproError as err:
     print(f"error: {err}", file=sys.stderr)
     return EXIT_BAD_INPUT
+  if result.stopped_by:
+    print(f"stopped: {result.stopped_by} at step {result.step}; checkpoint "
+          f"{result.checkpoint or 'none (nothing trained yet)'}; rerun the same command to resume")
+    return EXIT_STOPPED
   if not result.already_complete:
     print(f"done: step {result.step}, loss {result.loss:.4f}, test accuracy "
           f"{result.test_accuracy:.4f}; checkpoint {result.checkpoint}")

@@ -40,6 +40,8 @@ class Config:
       train all epochs.
     chunk_steps: steps per compiled scan chunk. Does not change the bits.
     progress: show a tqdm progress bar.
+    strict: refuse (instead of warn) to resume a checkpoint written with other
+      package versions or on another platform.
   """
 
   seed: int = 0
@@ -55,6 +57,7 @@ class Config:
   max_steps: int | None = None
   chunk_steps: int = 100
   progress: bool = True
+  strict: bool = False
 
   def validate(self) -> "Config":
     """Raises ReproError naming the first bad field and its fix; returns self."""

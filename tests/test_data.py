@@ -1,0 +1,124 @@
+"""Datasets through our TFDS builder over local IDX files; clear errors for bad files."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import idx_data
+from repro import ReproError, data
+
+
+def test_gzipped_and_plain_idx_files_read_the_same(tmp_path):
+  a = idx_data.write_dataset(tmp_path / "gz", n_train=20, n_test=5, gz=True)
+  b = idx_data.write_dataset(tmp_path / "plain", n_train=20, n_test=5, gz=False)
+  for split in ("train", "test"):
+    ia, la = data.read_split(data.find_idx_files(a, "fashion_mnist"), split)
+    ib, lb = data.read_split(data.find_idx_files(b, "fashion_mnist"), split)
+    assert ia.shape == ((20 if split == "train" else 5), 28, 28, 1)
+    assert np.array_equal(ia, ib) and np.array_equal(la, lb)
+
+
+def test_load_goes_through_tfds_once_then_reuses_the_prepared_copy(tmp_path):
+  src = idx_data.write_dataset(tmp_path / "idx", n_train=40, n_test=10)
+  messages = []
+  first = data.load("fashion_mnist", str(src), str(tmp_path / "tfds"), log=messages.append)
+  assert len(messages) == 1 and "tensorflow_datasets" in messages[0]
+  prepared = list((tmp_path / "tfds" / "repro_fashion_mnist").glob("idx_*/1.0.0/*.array_record*"))
+  assert prepared, "TFDS did not write an array_record copy"
+  again = data.load("fashion_mnist", str(src), str(tmp_path / "tfds"), log=messages.append)
+  assert len(messages) == 1
+  assert first.fingerprint == again.fingerprint
+  assert np.array_equal(first.train_images, again.train_images)
+  assert first.train_images.dtype == np.uint8 and first.train_labels.dtype == np.int32
+  # Same examples as the IDX files, in TFDS's stored order.
+  images, labels = data.read_split(data.find_idx_files(src, "fashion_mnist"), "train")
+  assert sorted(map(bytes, first.train_images)) == sorted(map(bytes, images))
+
+
+def test_other_files_get_their_own_prepared_copy_and_fingerprint(tmp_path):
+  a = data.load("fashion_mnist", str(idx_data.write_dataset(tmp_path / "a", 40, 10, seed=1)),
+                str(tmp_path / "tfds"), log=lambda _: None)
+  b = data.load("fashion_mnist", str(idx_data.write_dataset(tmp_path / "b", 40, 10, seed=2)),
+                str(tmp_path / "tfds"), log=lambda _: None)
+  assert a.fingerprint["train"] != b.fingerprint["train"]
+  assert not np.array_equal(a.train_images, b.train_images)
+
+
+@pytest.fixture
+def broken(tmp_path):
+  """broken(mutate) -> directory of a small dataset with train images mutated."""
+
+  def make(mutate):
+    d = idx_data.write_dataset(tmp_path / "bad", n_train=20, n_test=5, gz=False)
+    path = d / "train-images-idx3-ubyte"
+    path.write_bytes(mutate(path.read_bytes()))
+    return d
+
+  return make
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda b: b[:-100], "header promises"),
+    (lambda b: b"\x01\x02" + b[2:], "bad magic number"),
+    (lambda b: b[:3] + b"\x01" + b[4:], "expected unsigned bytes in 3 dimensions"),
+    (lambda b: b[:2], "bad magic number"),
+])
+def test_malformed_idx_file_is_named_in_a_clear_error(broken, mutate, message):
+  d = broken(mutate)
+  with pytest.raises(ReproError, match=message) as err:
+    data.read_split(data.find_idx_files(d, "fashion_mnist"), "train")
+  assert "train-images-idx3-ubyte" in str(err.value)
+
+
+def test_truncated_gzip_is_a_clear_error(tmp_path):
+  d = idx_data.write_dataset(tmp_path / "gz", n_train=20, n_test=5)
+  path = d / "train-images-idx3-ubyte.gz"
+  path.write_bytes(path.read_bytes()[:200])
+  with pytest.raises(ReproError, match="cannot read .*train-images-idx3-ubyte.gz"):
+    data.load("fashion_mnist", str(d), str(tmp_path / "tfds"), log=lambda _: None)
+
+
+def test_labels_that_do_not_match_the_images_are_refused(tmp_path):
+  d = idx_data.write_dataset(tmp_path / "x", n_train=20, n_test=5, gz=False)
+  (d / "train-labels-idx1-ubyte").write_bytes(idx_data.idx_bytes(np.zeros(19, np.uint8)))
+  with pytest.raises(ReproError, match="20 images but 19 labels"):
+    data.read_split(data.find_idx_files(d, "fashion_mnist"), "train")
+  (d / "train-labels-idx1-ubyte").write_bytes(idx_data.idx_bytes(np.full(20, 12, np.uint8)))
+  with pytest.raises(ReproError, match="has label 12"):
+    data.read_split(data.find_idx_files(d, "fashion_mnist"), "train")
+
+
+def test_missing_file_and_missing_directory_say_how_to_fix_it(tmp_path):
+  d = idx_data.write_dataset(tmp_path / "m", n_train=20, n_test=5)
+  (d / "t10k-labels-idx1-ubyte.gz").unlink()
+  with pytest.raises(ReproError, match=r"t10k-labels-idx1-ubyte\[.gz\] is missing"):
+    data.find_idx_files(d, "fashion_mnist")
+  with pytest.raises(ReproError, match="apt-get install -y dataset-fashion-mnist"):
+    data.find_idx_files(tmp_path / "nowhere", "fashion_mnist")
+
+
+def test_fingerprint_covers_bytes_shape_and_dtype():
+  images = np.zeros((2, 28, 28, 1), np.uint8)
+  labels = np.array([1, 2], np.int32)
+  base = data.fingerprint(images, labels)
+  assert base == data.fingerprint(images.copy(), labels.copy())
+  changed = images.copy()
+  changed[1, 5, 5, 0] = 1
+  assert data.fingerprint(changed, labels) != base
+  assert data.fingerprint(images, labels.astype(np.int64)) != base
+
+
+@pytest.mark.skipif(not Path(data.DEFAULT_DATA_DIRS["fashion_mnist"]).is_dir(),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_real_fashion_mnist_files_from_debian_parse():
+  files = data.find_idx_files(Path(data.DEFAULT_DATA_DIRS["fashion_mnist"]), "fashion_mnist")
+  images, labels = data.read_split(files, "train")
+  assert images.shape == (60000, 28, 28, 1) and labels.shape == (60000,)
+  test_images, _ = data.read_split(files, "test")
+  assert test_images.shape == (10000, 28, 28, 1)
+  assert np.bincount(labels).tolist() == [6000] * 10

@@ -1,0 +1,272 @@
+"""Never lose a run: signals, SIGKILL (also mid-write), corrupt checkpoints, locks, bad dirs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bits import assert_bitwise_equal, read_losses, restore_state
+from repro import ReproError, run
+from repro import model as model_lib
+
+TRAIN = Path(__file__).resolve().parent.parent / "bin" / "train"
+EXIT_STOPPED = 75
+
+
+def quiet(config, messages=None):
+  return run(config, log=(messages.append if messages is not None else (lambda _: None)))
+
+
+def flags_of(config) -> list[str]:
+  return [f"--{k}={v}" for k, v in config.to_dict().items()
+          if v is not None and k not in ("progress", "strict")] + ["--noprogress"]
+
+
+def start(config, fault: str = "") -> subprocess.Popen:
+  env = dict(os.environ, PYTHONUNBUFFERED="1", REPRO_FAULT=fault)
+  return subprocess.Popen([sys.executable, str(TRAIN), *flags_of(config)], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
+  out, err = proc.communicate(timeout=timeout)
+  return proc.returncode, out, err
+
+
+def wait_for_steps(run_dir: Path, steps: int, proc, timeout: float = 120) -> None:
+  """Blocks until the run's metrics.jsonl holds `steps` lines (training is under way)."""
+  deadline = time.time() + timeout
+  path = run_dir / "metrics.jsonl"
+  while time.time() < deadline:
+    assert proc.poll() is None, proc.communicate()
+    if path.exists() and len(path.read_text().splitlines()) >= steps:
+      return
+    time.sleep(0.05)
+  raise AssertionError("the run did not start training in time")
+
+
+def assert_matches(reference, result):
+  assert result.step == reference.step
+  assert_bitwise_equal(restore_state(reference.checkpoint), restore_state(result.checkpoint))
+  assert read_losses(result.output) == read_losses(reference.output)
+
+
+@pytest.fixture(scope="module")
+def reference(idx_dir, tfds_dir, tmp_path_factory):
+  from repro import Config
+  return quiet(Config(seed=0, epochs=2, batch_size=16, data_dir=str(idx_dir),
+                      tfds_dir=str(tfds_dir), output=str(tmp_path_factory.mktemp("r") / "ref"),
+                      checkpoint_every=10, chunk_steps=8, progress=False))
+
+
+# --- signals -----------------------------------------------------------------
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_at_a_chunk_boundary_with_a_checkpoint_and_resumes_bitwise(small, sig):
+  long = small("long", epochs=40, checkpoint_every=1000, chunk_steps=4)  # 640 steps
+  reference = quiet(small("long-ref", epochs=40, checkpoint_every=1000, chunk_steps=4))
+  proc = start(long)
+  wait_for_steps(Path(long.output), 8, proc)
+  proc.send_signal(sig)
+  code, out, err = finish(proc)
+  assert code == EXIT_STOPPED, err
+  assert "Traceback" not in err and "KeyboardInterrupt" not in err
+  line = out.strip().splitlines()[-1]
+  assert line.startswith(f"stopped: {sig.name} at step ") and "rerun the same command" in line
+  stopped_at = int(line.split(" at step ")[1].split(";")[0])
+  assert 8 <= stopped_at < 640 and (Path(long.output) / str(stopped_at)).is_dir()
+  resumed = quiet(long)
+  assert resumed.resumed_from == stopped_at
+  assert_matches(reference, resumed)
+
+
+# --- SIGKILL -------------------------------------------------------------------
+
+def test_sigkill_at_seeded_points_and_mid_write_loses_nothing(reference, small):
+  config = small("killed", chunk_steps=1)  # every step is a chunk boundary, a kill point
+  points = sorted(set(np.random.default_rng(2026).choice(np.arange(1, 30), 5, replace=False)))
+  assert len(points) == 5
+  out_dir = Path(config.output)
+  for point in points:
+    code, _, err = finish(start(config, f"kill_after_chunk:{int(point)}"))
+    assert code == -signal.SIGKILL, err
+  # Then inside a checkpoint write: killed once the save of step 30 has started.
+  code, _, err = finish(start(config, "kill_in_save:30"))
+  assert code == -signal.SIGKILL, err
+  assert list(out_dir.glob("30.orbax-checkpoint-tmp*")), "the kill did not land mid-write"
+  assert not (out_dir / "30").exists()
+  messages = []
+  resumed = quiet(config, messages)
+  assert resumed.resumed_from == 20 and not any("corrupt" in m for m in messages)
+  assert not list(out_dir.glob("*.orbax-checkpoint-tmp*"))
+  assert_matches(reference, resumed)
+
+
+def test_a_run_whose_only_checkpoint_was_half_written_starts_fresh(reference, small):
+  config = small("half")
+  code, _, _ = finish(start(config, "kill_in_save:10"))
+  assert code == -signal.SIGKILL
+  assert list(Path(config.output).glob("10.orbax-checkpoint-tmp*"))
+  result = quiet(config)
+  assert result.resumed_from is None
+  assert_matches(reference, result)
+
+
+# --- corrupt checkpoints -------------------------------------------------------
+
+def biggest_array_file(step_dir: Path) -> Path:
+  files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+  return max(files, key=lambda p: p.stat().st_size)
+
+
+def flip_bytes(path: Path) -> None:
+  blob = bytearray(path.read_bytes())
+  middle = len(blob) // 2
+  for i in range(middle, middle + 64):
+    blob[i] ^= 0xFF
+  path.write_bytes(bytes(blob))
+
+
+def truncate(path: Path) -> None:
+  path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def remove_manifest(step_dir: Path) -> Path:
+  import shutil
+  shutil.rmtree(step_dir / "manifest")
+  return step_dir
+
+
+@pytest.mark.parametrize("damage", [
+    pytest.param(lambda d: flip_bytes(biggest_array_file(d)), id="flipped-bytes"),
+    pytest.param(lambda d: truncate(biggest_array_file(d)), id="truncated-array-file"),
+    pytest.param(remove_manifest, id="missing-item"),
+])
+def test_corrupt_latest_checkpoint_is_named_set_aside_and_the_previous_one_used(
+    reference, small, damage):
+  config = small("corrupt")
+  quiet(config.replace(max_steps=31))  # checkpoints 20, 30, 31
+  damage(Path(config.output) / "31")
+  messages = []
+  result = quiet(config, messages)
+  warnings = [m for m in messages if m.startswith("WARNING: checkpoint")]
+  assert len(warnings) == 1 and f"{config.output}/31 is corrupt" in warnings[0]
+  assert result.resumed_from == 30
+  assert (Path(config.output) / "corrupt-31").is_dir()
+  assert_matches(reference, result)
+
+
+def test_a_checkpoint_of_another_architecture_is_refused(small, monkeypatch):
+  from flax import nnx
+  import optax
+
+  class Narrow(model_lib.DigitClassifier):
+    def __init__(self, *, rngs):
+      self.conv1 = nnx.Conv(1, 32, kernel_size=(3, 3), rngs=rngs)
+      self.conv2 = nnx.Conv(32, 16, kernel_size=(3, 3), rngs=rngs)
+      self.linear1 = nnx.Linear(784, 256, rngs=rngs)
+      self.linear2 = nnx.Linear(256, 10, rngs=rngs)
+
+  def create_narrow(key, lr):
+    model = Narrow(rngs=nnx.Rngs(params=key))
+    return {"model": model, "optimizer": nnx.Optimizer(model, optax.adam(lr), wrt=nnx.Param)}
+
+  config = small("arch", max_steps=10)
+  with monkeypatch.context() as patch:
+    patch.setattr(model_lib, "create", create_narrow)
+    patch.setattr(model_lib, "ARCHITECTURE", "Narrow:conv32-conv16-dense256-dense10")
+    quiet(config)
+  with pytest.raises(ReproError, match=r"architecture: checkpoint 'Narrow:conv32-conv16"):
+    quiet(config.replace(max_steps=None))
+  assert (Path(config.output) / "10").is_dir()  # nothing was set aside or lost
+
+
+# --- compatibility -------------------------------------------------------------
+
+def test_incompatible_resume_lists_every_differing_field_and_exits_2(small):
+  config = small("incompatible", max_steps=5)
+  quiet(config)
+  proc = start(config.replace(seed=1, learning_rate=0.01, max_steps=None))
+  code, out, err = finish(proc)
+  assert code == 2 and "Traceback" not in err
+  assert "seed: checkpoint 0, requested 1" in err
+  assert "learning_rate: checkpoint 0.001, requested 0.01" in err
+  assert sorted(p.name for p in Path(config.output).iterdir() if p.name.isdigit()) == ["5"]
+
+
+def test_fewer_epochs_than_done_says_complete_and_exits_0(small):
+  config = small("fewer")
+  quiet(config)
+  code, out, err = finish(start(config.replace(epochs=1)))
+  assert code == 0, err
+  assert "already complete at step 32" in out
+
+
+def tamper_manifest(step_dir: Path, edit) -> None:
+  path = step_dir / "manifest" / "metadata"
+  manifest = json.loads(path.read_text())
+  edit(manifest)
+  path.write_text(json.dumps(manifest))
+
+
+def test_other_package_versions_warn_and_strict_refuses(reference, small):
+  config = small("versions", max_steps=20)
+  quiet(config)
+  tamper_manifest(Path(config.output) / "20",
+                  lambda m: m["environment"]["versions"].update(jax="0.0.1"))
+  with pytest.raises(ReproError, match=r"jax '0.0.1' -> .*--strict"):
+    quiet(config.replace(max_steps=None, strict=True))
+  messages = []
+  result = quiet(config.replace(max_steps=None), messages)
+  assert any(m.startswith("warning: checkpoint step 20 was written with jax '0.0.1'")
+             for m in messages)
+  assert_matches(reference, result)
+
+
+# --- one writer, bad directories ------------------------------------------------
+
+def test_a_second_run_on_the_same_directory_is_refused_while_the_first_runs(small):
+  config = small("busy", epochs=40, checkpoint_every=1000, chunk_steps=4)
+  first = start(config)
+  try:
+    wait_for_steps(Path(config.output), 4, first)
+    code, _, err = finish(start(config))
+    assert code == 2 and "Traceback" not in err
+    assert f"another run (pid {first.pid} on " in err and "is writing" in err
+  finally:
+    first.send_signal(signal.SIGTERM)
+    assert finish(first)[0] == EXIT_STOPPED
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(reference, small):
+  config = small("stale")
+  Path(config.output).mkdir(parents=True)
+  (Path(config.output) / ".repro.lock").write_text("pid 999999 on elsewhere\n")
+  messages = []
+  result = quiet(config, messages)
+  assert "took over the lock of a run that died (pid 999999 on elsewhere)" in messages
+  assert_matches(reference, result)
+
+
+def test_an_output_directory_holding_other_files_is_refused_untouched(small):
+  config = small("garbage")
+  out = Path(config.output)
+  out.mkdir(parents=True)
+  (out / "thesis.tex").write_text("precious")
+  with pytest.raises(ReproError, match=r"holds files that are not part of a repro run \(thesis.tex\)"):
+    quiet(config)
+  assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"]
+
+
+def test_an_output_below_a_file_is_refused(small, tmp_path):
+  (tmp_path / "plain").write_text("x")
+  with pytest.raises(ReproError, match="is a file; pass a directory path"):
+    quiet(small(output=str(tmp_path / "plain" / "run")))

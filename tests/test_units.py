@@ -1,0 +1,77 @@
+"""Config validation, the shuffler and the key streams."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from repro import Config, ReproError, rng, shuffle
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("epochs", 0, "epochs must be >= 1"),
+    ("batch_size", 0, "batch_size must be >= 1"),
+    ("checkpoint_every", -1, "checkpoint_every must be >= 1"),
+    ("max_to_keep", 0, "max_to_keep must be >= 1"),
+    ("max_steps", 0, "max_steps must be >= 1"),
+    ("chunk_steps", 0, "chunk_steps must be >= 1"),
+    ("seed", -1, "seed must be >= 0"),
+    ("seed", 2**32, "seed must be < 2\\*\\*32"),
+    ("epochs", 2.5, "epochs must be an integer"),
+    ("learning_rate", 0.0, "learning_rate must be a positive finite number"),
+    ("learning_rate", float("nan"), "learning_rate must be a positive finite number"),
+    ("dataset", "imagenet", "unknown dataset 'imagenet'"),
+])
+def test_bad_config_values_are_named(field, value, message):
+  with pytest.raises(ReproError, match=message):
+    Config(**{field: value}).validate()
+
+
+def test_config_round_trips_through_json_and_refuses_unknown_fields():
+  import json
+  config = Config(seed=3, epochs=5, learning_rate=0.01, output="x")
+  assert Config.from_dict(json.loads(config.to_json())) == config
+  with pytest.raises(ReproError, match="unknown config field.*colour"):
+    Config.from_dict({"colour": "red"})
+
+
+def test_default_output_depends_on_the_bit_fields_only():
+  base = Config(seed=0)
+  assert base.default_output().startswith("runs/seed0-")
+  assert base.default_output() == Config(seed=0, epochs=9, checkpoint_every=3).default_output()
+  assert base.default_output() != Config(seed=0, learning_rate=0.01).default_output()
+  assert base.default_output() != Config(seed=1).default_output()
+
+
+def test_key_streams_are_distinct_and_seeded():
+  a, b = rng.streams(0), rng.streams(1)
+  data = {k: jax.random.key_data(v).tobytes() for k, v in a.items()}
+  assert len(set(data.values())) == 3
+  assert all(jax.random.key_data(a[k]).tobytes() != jax.random.key_data(b[k]).tobytes()
+             for k in a)
+
+
+def test_every_epoch_visits_each_example_once_in_its_own_order():
+  key = rng.streams(0)["shuffle"]
+  n, batch = 50, 8  # 6 steps per epoch, 2 examples dropped each epoch
+  orders = []
+  for epoch in range(3):
+    seen = np.concatenate([np.asarray(shuffle.batch_indices(key, epoch * 6 + s, n, batch))
+                           for s in range(6)])
+    assert len(seen) == 48 and len(set(seen.tolist())) == 48
+    orders.append(seen.tolist())
+  assert orders[0] != orders[1] != orders[2]
+
+
+@pytest.mark.parametrize("chunk_steps", [1, 5, 6, 13])
+def test_chunk_permutations_give_the_same_batches_as_the_step_alone(chunk_steps):
+  key = rng.streams(7)["shuffle"]
+  n, batch = 50, 8
+  for first in (0, 4, 11, 17):
+    first_epoch, perms = shuffle.chunk_permutations(key, jnp.int32(first), chunk_steps, n, batch)
+    for i in range(chunk_steps):
+      got = shuffle.batch_from_permutations(first_epoch, perms, jnp.int32(first + i), n, batch)
+      want = shuffle.batch_indices(key, jnp.int32(first + i), n, batch)
+      assert np.array_equal(np.asarray(got), np.asarray(want)), (first, i)
