@@ -127,10 +127,9 @@ def _check_compatible(output: Path, step: int, manifest: dict, expected: dict) -
         "\nrerun with the checkpoint's settings, or pass a new --output")
 
 
-def _check_environment(step: int, manifest: dict, strict: bool, log) -> None:
+def _check_environment(step: int, manifest: dict, now: dict, strict: bool, log) -> None:
   """Warns (or with strict refuses) where versions or platform differ from the checkpoint's."""
   saved = manifest.get("environment", {})
-  now = environment.describe()
   diffs = []
   for section, keys in (("versions", environment.PACKAGES + ("python",)),
                         ("platform", ("system", "machine", "backend", "device_kind",
@@ -151,8 +150,8 @@ def _check_environment(step: int, manifest: dict, strict: bool, log) -> None:
   log("warning: " + message + " (--strict makes this an error)")
 
 
-def _restore_latest(store: checkpoint.Store, output: Path, template_fn, identity: dict,
-                    strict: bool, log):
+def _restore_latest(store: checkpoint.Store, output: Path, template: dict, identity: dict,
+                    env: dict, strict: bool, log):
   """The newest intact checkpoint as (restored, step), or None; bad steps are set aside.
 
   The manifest is read and checked before any array is touched, so an
@@ -169,7 +168,7 @@ def _restore_latest(store: checkpoint.Store, output: Path, template_fn, identity
     else:
       _check_compatible(output, step, manifest, identity)
       try:
-        restored = store.restore(step, template_fn())
+        restored = store.restore(step, template)
       except Exception as err:
         problem = f"its state is unreadable ({type(err).__name__}: {str(err)[:120]})"
       else:
@@ -177,7 +176,7 @@ def _restore_latest(store: checkpoint.Store, output: Path, template_fn, identity
         found = digest.leaf_digests(restored.state)
         bad = sorted(set(expected) ^ set(found) | {k for k in found if expected.get(k) != found[k]})
         if not bad and expected and cursor.get("step") == step:
-          _check_environment(step, manifest, strict, log)
+          _check_environment(step, manifest, env, strict, log)
           return restored, step
         if not expected:
           problem = "its manifest carries no checksums"
@@ -240,17 +239,16 @@ def _train(config: Config, output: Path, dataset: data_lib.Dataset, identity: di
   objects = create()
   graphdef, state = nnx.split(objects)
 
-  def template():
-    _, abstract_state = nnx.split(nnx.eval_shape(create))
-    return nnx.to_pure_dict(abstract_state)
+  _, abstract_state = nnx.split(nnx.eval_shape(create))  # the restore template
+  env = environment.describe()
 
   store = checkpoint.Store(output, config.max_to_keep)
   try:
     step, resumed_from, manifest, saved_step = 0, None, None, None
-    found = _restore_latest(store, output, template, identity, config.strict, log)
+    found = _restore_latest(store, output, nnx.to_pure_dict(abstract_state), identity, env,
+                            config.strict, log)
     if found is not None:
       restored, saved_step = found
-      _, abstract_state = nnx.split(nnx.eval_shape(create))
       nnx.replace_by_pure_dict(abstract_state, restored.state)
       nnx.update(objects, abstract_state)
       state = nnx.state(objects)
@@ -289,7 +287,7 @@ def _train(config: Config, output: Path, dataset: data_lib.Dataset, identity: di
           "data": {"dataset": dataset.name, "source": dataset.source,
                    "num_train": num_train, "num_test": len(dataset.test_labels),
                    "fingerprint": dataset.fingerprint},
-          "environment": environment.describe(),
+          "environment": env,
           "metrics": metrics_now,
           "leaf_digests": leaf_digests,
           "state_digest": digest.tree_digest(pure),
