@@ -1,14 +1,31 @@
-"""What the bits of a run depend on besides its config: versions, platform, code."""
+"""What the bits of a run depend on besides its config: versions, platform, code.
+
+Measured on this project's 2-core x86-64 CPU machines (bench/determinism.py):
+one compiled chunk called 30 times on the same inputs gives one result with 1
+CPU and with 2 (no drift across calls as in jax-ml/jax#39741), but the result
+with 1 CPU visible differs from the result with 2: XLA:CPU splits work by the
+number of CPUs the process may use (--xla_cpu_multi_thread_eigen=false does
+not change that). So that number and the CPU's vector features are recorded
+and compared on resume like the package versions.
+"""
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 
 import jax
+
+# XLA flags that make results deterministic; set before a backend starts.
+# --xla_gpu_deterministic_ops: GPU reductions and scatters without atomics
+# (the CPU build accepts and ignores it). CPU needs none (see above).
+DETERMINISM_FLAGS = ("--xla_gpu_deterministic_ops=true",)
+# CPU features that change XLA:CPU's generated code, and so may change bits.
+_CPU_FEATURES = re.compile(r"^(sse4_2|avx|avx2|fma|f16c|avx512\w*|amx\w*|neon|asimd\w*|sve\w*)$")
 
 # Packages whose versions decide (or may decide) the trained bits.
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy",
@@ -25,6 +42,41 @@ def versions() -> dict[str, str | None]:
   return found
 
 
+def set_determinism_flags() -> None:
+  """Adds DETERMINISM_FLAGS to XLA_FLAGS unless the user set them either way.
+
+  Must run before the first JAX computation starts a backend; repro does it
+  at import.
+  """
+  flags = os.environ.get("XLA_FLAGS", "")
+  for flag in DETERMINISM_FLAGS:
+    if flag.split("=")[0] not in flags:
+      flags = f"{flags} {flag}".strip()
+  os.environ["XLA_FLAGS"] = flags
+
+
+def cpu_info() -> dict[str, object]:
+  """CPU model, the vector features XLA may use, and the CPUs this process may run on."""
+  model, features = platform.processor() or platform.machine(), []
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+          model = value.strip()
+        elif key.strip() in ("flags", "Features"):
+          features = sorted(x for x in set(value.split()) if _CPU_FEATURES.match(x))
+          break
+  except OSError:
+    pass
+  try:
+    visible = len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    visible = os.cpu_count()
+  return {"cpu_model": model, "cpu_features": features, "cpus_visible": visible,
+          "cpu_count": os.cpu_count()}
+
+
 def platform_info() -> dict[str, object]:
   devices = jax.devices()
   return {
@@ -33,7 +85,7 @@ def platform_info() -> dict[str, object]:
       "backend": jax.default_backend(),
       "device_kind": devices[0].device_kind,
       "device_count": len(devices),
-      "cpu_count": os.cpu_count(),
+      **cpu_info(),
       "jax_threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
       "jax_default_prng_impl": str(jax.config.jax_default_prng_impl),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),

@@ -1,4 +1,11 @@
-"""metrics.jsonl: one JSON line per global step, cut back to the checkpoint on resume."""
+"""Per-step JSON-lines logs of a run, cut back to the checkpoint on resume.
+
+metrics.jsonl  {"step", "loss"} for every global step: what a user plots.
+trace.jsonl    {"step", "loss", "batch", "params"}: fingerprints of the batch
+               indices and of the parameters after each step, and a step-0
+               line for the initial parameters; bin/verify finds the first
+               step where two runs diverge from them.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ from pathlib import Path
 from typing import Iterable
 
 FILENAME = "metrics.jsonl"
+TRACE_FILENAME = "trace.jsonl"
 
 
 def read(path: Path) -> list[dict]:
@@ -23,7 +31,10 @@ def read(path: Path) -> list[dict]:
 
 
 class MetricsLog:
-  """Appends per-step records; records past the resumed step are dropped first."""
+  """Appends per-step records; records past the resumed step are dropped first.
+
+  Used for metrics.jsonl and trace.jsonl alike.
+  """
 
   def __init__(self, path: Path, resume_step: int):
     self.path = path

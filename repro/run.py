@@ -39,7 +39,7 @@ MANIFEST_FORMAT = 1
 # What a run directory may hold; anything else means --output points at
 # somebody else's files, which a run must not mix itself into.
 _OURS = re.compile(r"^(\d+|\d+\.orbax-checkpoint-tmp.*|corrupt-\d+(-\d+)?|config\.json|"
-                   r"metrics\.jsonl(\.tmp)?|\.repro\.lock)$")
+                   r"(metrics|trace)\.jsonl(\.tmp)?|\.repro\.lock)$")
 # Test-only fault injection (tests/test_faults.py): "kill_after_chunk:<step>"
 # SIGKILLs the process once a chunk ends at <step>; "kill_in_save:<step>" does
 # so right after the save of <step> has started writing in the background.
@@ -133,6 +133,7 @@ def _check_environment(step: int, manifest: dict, now: dict, strict: bool, log) 
   diffs = []
   for section, keys in (("versions", environment.PACKAGES + ("python",)),
                         ("platform", ("system", "machine", "backend", "device_kind",
+                                      "device_count", "cpu_features", "cpus_visible",
                                       "jax_threefry_partitionable", "jax_default_prng_impl",
                                       "xla_flags"))):
     for key in keys:
@@ -188,6 +189,10 @@ def _restore_latest(store: checkpoint.Store, output: Path, template: dict, ident
     log(f"WARNING: checkpoint {output / str(step)} is corrupt ({problem}); moved it to "
         f"{aside.name} and falling back to the previous checkpoint")
   return None
+
+
+def _hex(fingerprint) -> str:
+  return f"{int(fingerprint):08x}"
 
 
 def _fault(kind: str, step: int) -> None:
@@ -274,6 +279,9 @@ def _train(config: Config, output: Path, dataset: data_lib.Dataset, identity: di
                                          num_examples=num_train, batch_size=config.batch_size)
     evaluate = train.make_evaluate(graphdef)
     log_file = metrics.MetricsLog(output / metrics.FILENAME, step)
+    trace_file = metrics.MetricsLog(output / metrics.TRACE_FILENAME, step)
+    if step == 0:  # the initial parameters: where seeds 0 and 1 already differ
+      trace_file.append([{"step": 0, "params": _hex(train.fingerprint(state["model"]))}])
     loss = float("nan")
 
     def save(step: int, metrics_now: dict) -> dict:
@@ -293,6 +301,7 @@ def _train(config: Config, output: Path, dataset: data_lib.Dataset, identity: di
           "state_digest": digest.tree_digest(pure),
       }
       log_file.sync()
+      trace_file.sync()
       store.save(step, pure, _cursor(step, spe, num_train, config.batch_size), manifest)
       _fault("kill_in_save", step)
       return manifest
@@ -304,11 +313,14 @@ def _train(config: Config, output: Path, dataset: data_lib.Dataset, identity: di
       while step < target and not stop.signal_name:
         next_checkpoint = (step // config.checkpoint_every + 1) * config.checkpoint_every
         stop_at = min(step + config.chunk_steps, target, next_checkpoint)
-        state, losses = train_chunk(state, images, labels, keys["shuffle"],
-                                    np.int32(step), np.int32(stop_at - step))
-        losses = np.asarray(losses)[:stop_at - step]  # the one host sync per chunk
-        log_file.append({"step": step + 1 + i, "loss": float(x)} for i, x in enumerate(losses))
-        loss = float(losses[-1])
+        state, trace = train_chunk(state, images, labels, keys["shuffle"],
+                                   np.int32(step), np.int32(stop_at - step))
+        trace = {k: np.asarray(v)[:stop_at - step] for k, v in trace.items()}  # one host sync
+        losses = [float(x) for x in trace["loss"]]
+        log_file.append({"step": step + 1 + i, "loss": x} for i, x in enumerate(losses))
+        trace_file.append({"step": step + 1 + i, "loss": losses[i], "batch": _hex(trace["batch"][i]),
+                           "params": _hex(trace["params"][i])} for i in range(len(losses)))
+        loss = losses[-1]
         bar.update(stop_at - step)
         bar.set_postfix(loss=f"{loss:.4f}", epoch=stop_at // spe)
         step = stop_at
@@ -324,6 +336,7 @@ def _train(config: Config, output: Path, dataset: data_lib.Dataset, identity: di
     finally:
       bar.close()
       log_file.close()
+      trace_file.close()
     store.wait()
   finally:
     store.close()

@@ -19,6 +19,26 @@ from flax import nnx
 from repro import shuffle
 
 EVAL_BATCH = 1000
+_GOLDEN = 2654435761  # Knuth's multiplicative hash constant (uint32)
+
+
+def fingerprint(arrays) -> jax.Array:
+  """A uint32 fingerprint of the exact bits of a pytree of arrays (traceable).
+
+  Integer arithmetic wraps modulo 2**32 and is associative, so the result
+  does not depend on reduction order: equal bits give equal fingerprints on
+  any backend, and a changed bit changes it (up to 2**-32 collisions).
+  Position-weighted, so permuted elements count as a change.
+  """
+  total = jnp.uint32(0)
+  for leaf in jax.tree.leaves(arrays):
+    bits = leaf.ravel()
+    if bits.dtype.itemsize == 4:
+      bits = jax.lax.bitcast_convert_type(bits, jnp.uint32)
+    bits = bits.astype(jnp.uint32)
+    weights = jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(_GOLDEN) + jnp.uint32(1)
+    total = total * jnp.uint32(31) + jnp.sum(bits * weights, dtype=jnp.uint32)
+  return total
 
 
 def loss_fn(model: nnx.Module, images: jax.Array, labels: jax.Array) -> jax.Array:
@@ -37,11 +57,13 @@ def train_step(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array,
 
 def make_train_chunk(graphdef: nnx.GraphDef, *, chunk_steps: int, num_examples: int,
                      batch_size: int) -> Callable:
-  """A jitted fn(state, images, labels, shuffle_key, first_step, num_steps) -> (state, losses).
+  """A jitted fn(state, images, labels, shuffle_key, first_step, num_steps) -> (state, trace).
 
   Runs global steps first_step .. first_step + num_steps - 1 (num_steps <=
-  chunk_steps) over the device-resident data; losses has chunk_steps entries,
-  of which the first num_steps are real.
+  chunk_steps) over the device-resident data. trace is {'loss', 'batch',
+  'params'}, each with chunk_steps entries of which the first num_steps are
+  real: the loss of each step, the fingerprint of its batch indices, and the
+  fingerprint of the model parameters after it.
   """
 
   @jax.jit
@@ -53,10 +75,13 @@ def make_train_chunk(graphdef: nnx.GraphDef, *, chunk_steps: int, num_examples: 
       def run(state):
         idx = shuffle.batch_from_permutations(
             first_epoch, perms, first_step + i, num_examples, batch_size)
-        return train_step(graphdef, state, images[idx], labels[idx])
+        state, loss = train_step(graphdef, state, images[idx], labels[idx])
+        return state, {"loss": loss, "batch": fingerprint(idx),
+                       "params": fingerprint(state["model"])}
 
       def skip(state):
-        return state, jnp.zeros((), jnp.float32)
+        return state, {"loss": jnp.zeros((), jnp.float32), "batch": jnp.uint32(0),
+                       "params": jnp.uint32(0)}
 
       return jax.lax.cond(i < num_steps, run, skip, state)
 
