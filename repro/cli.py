@@ -40,8 +40,11 @@ def define_train_flags() -> None:
                        "other package versions or on another platform (default: warn).")
 
 
-def parse_flags_or_exit(argv: list[str]) -> list[str]:
-  """absl's parser, but a bad flag is one line on stderr and exit code 2."""
+def parse_flags_or_exit(argv: list[str], positional: int = 0) -> list[str]:
+  """absl's parser, but a bad flag is one line on stderr and exit code 2.
+
+  `positional` is how many arguments besides flags the binary takes.
+  """
   try:
     rest = FLAGS(argv)
   except SystemExit as stop:  # absl exits 1 after --help/--helpfull: asked for, so 0
@@ -51,9 +54,13 @@ def parse_flags_or_exit(argv: list[str]) -> list[str]:
   except flags.Error as err:
     print(f"error: {err} (see --helpfull)", file=sys.stderr)
     sys.exit(EXIT_BAD_INPUT)
-  if len(rest) > 1:
+  if positional == 0 and len(rest) > 1:
     print(f"error: unexpected argument(s) {' '.join(rest[1:])}: every setting is a "
           f"--flag (see --helpfull)", file=sys.stderr)
+    sys.exit(EXIT_BAD_INPUT)
+  if positional and len(rest) - 1 != positional:
+    print(f"error: expected {positional} arguments, got {len(rest) - 1} "
+          f"(see --helpfull)", file=sys.stderr)
     sys.exit(EXIT_BAD_INPUT)
   return rest
 
@@ -86,3 +93,17 @@ def train_main(argv: list[str]) -> int:
     print(f"done: step {result.step} (already complete), test accuracy "
           f"{result.test_accuracy:.4f}; checkpoint {result.checkpoint}")
   return 0
+
+
+def verify_main(argv: list[str]) -> int:
+  """bin/verify RUN_A RUN_B: 0 bitwise identical, 1 different, 2 bad input."""
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  from repro import verify
+  try:
+    comparison = verify.compare(argv[1], argv[2])
+  except ReproError as err:
+    print(f"error: {err}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+  print(verify.report(comparison))
+  return 0 if comparison.identical else 1
