@@ -1,0 +1,60 @@
+"""CI fails when a change alters the bits of the golden runs (tests/golden.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import golden
+
+
+def _load() -> dict:
+  return json.loads(golden.GOLDEN.read_text())
+
+
+def _platform_differences(made_on: dict, here: dict) -> list[str]:
+  out = [f"{k} {made_on['versions'].get(k)!r} -> {v!r}" for k, v in here["versions"].items()
+         if made_on["versions"].get(k) != v]
+  out += [f"{k} {made_on.get(k)!r} -> {here[k]!r}" for k in golden.PLATFORM_KEYS
+          if made_on.get(k) != here[k]]
+  return out
+
+
+def test_golden_file_records_its_platform_and_every_config():
+  saved = _load()
+  assert set(saved["configs"]) == set(golden.CONFIGS)
+  assert saved["made_on"]["versions"]["jax"] and "cpus_visible" in saved["made_on"]
+
+
+@pytest.mark.parametrize("name", sorted(golden.CONFIGS))
+def test_bits_match_the_golden_digests(name, tmp_path):
+  saved = _load()
+  differences = _platform_differences(saved["made_on"], golden.platform_key())
+  if differences:
+    pytest.skip("golden digests were made on another platform (" + "; ".join(differences) +
+                "), where bits may legitimately differ; run `python tests/golden.py --update` "
+                "on this platform to guard it")
+  want, got = saved["configs"][name], golden.compute(name, tmp_path)
+  assert got["steps"] == want["steps"]
+  changed = [leaf for leaf in want["leaf_digests"]
+             if got["leaf_digests"].get(leaf) != want["leaf_digests"][leaf]]
+  first_loss = next((i + 1 for i, (a, b) in enumerate(zip(got["losses"], want["losses"]))
+                     if a != b), None)
+  assert not changed and first_loss is None and got["trace_sha256"] == want["trace_sha256"], (
+      f"{name}: the bits changed: {len(changed)} leaves differ ({', '.join(changed[:4])}), "
+      f"first differing loss at step {first_loss}. If intended, regenerate with "
+      f"`python tests/golden.py --update` and say why in the commit.")
+
+
+def test_a_changed_digest_fails_the_golden_test(tmp_path, monkeypatch):
+  saved = _load()
+  name = sorted(golden.CONFIGS)[0]
+  saved["configs"][name]["leaf_digests"]["model/conv1/bias"] = "0" * 64
+  tampered = tmp_path / "digests.json"
+  tampered.write_text(json.dumps(saved))
+  monkeypatch.setattr(golden, "GOLDEN", tampered)
+  if _platform_differences(saved["made_on"], golden.platform_key()):
+    pytest.skip("golden digests were made on another platform")
+  with pytest.raises(AssertionError, match=r"1 leaves differ \(model/conv1/bias\)"):
+    test_bits_match_the_golden_digests(name, tmp_path / "work")
