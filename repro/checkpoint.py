@@ -26,14 +26,33 @@ class Restored:
 class Store:
   """A run directory of finalized checkpoint steps."""
 
-  def __init__(self, directory: Path, max_to_keep: int):
+  def __init__(self, directory: Path, max_to_keep: int, best_monitor: str | None = None):
+    """Keeps the latest max_to_keep steps, and with best_monitor also the best one.
+
+    best_monitor is 'val_loss' (lower is better) or 'val_accuracy'; every
+    save must then carry that metric.
+    """
     self.directory = Path(directory)
+    if best_monitor:
+      # Orbax sorts by this key and keeps the last: among equal values the
+      # earliest step must come last, as repro.control counts only strict
+      # improvements (sorted descending for val_loss, ascending otherwise).
+      lower_is_better = best_monitor == "val_loss"
+      def rank(metrics):
+        return (metrics[best_monitor], metrics["step"] if lower_is_better else -metrics["step"])
+      policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+          ocp.checkpoint_managers.LatestN(n=max_to_keep),
+          ocp.checkpoint_managers.BestN(get_metric_fn=rank, reverse=lower_is_better, n=1,
+                                        keep_checkpoints_without_metrics=False)])
+      retention = dict(preservation_policy=policy)
+    else:
+      retention = dict(max_to_keep=max_to_keep)
     self.manager = ocp.CheckpointManager(
         self.directory,
         # Half-written steps (<step>.orbax-checkpoint-tmp*, left by a crash or a
         # SIGKILL mid-write) are never listed as steps and are removed here.
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True),
+            create=True, cleanup_tmp_directories=True, **retention),
     )
 
   def all_steps(self) -> list[int]:
@@ -52,12 +71,13 @@ class Store:
   def step_path(self, step: int) -> Path:
     return self.directory / str(step)
 
-  def save(self, step: int, state: dict, cursor: dict, manifest: dict) -> None:
+  def save(self, step: int, state: dict, cursor: dict, manifest: dict,
+           metrics: dict | None = None) -> None:
     """Starts saving `step`; the arrays are copied before it returns."""
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         cursor=ocp.args.JsonSave(cursor),
-        manifest=ocp.args.JsonSave(manifest)))
+        manifest=ocp.args.JsonSave(manifest)), metrics=metrics)
 
   def restore(self, step: int, template: dict) -> Restored:
     """Restores `step` into the shapes and dtypes of `template` (abstract pure dict)."""

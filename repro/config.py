@@ -11,10 +11,16 @@ from typing import Any
 from repro.errors import ReproError
 
 DATASETS = ("mnist", "fashion_mnist")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "plateau")
+MONITORS = ("val_loss", "val_accuracy")
 
 # The fields whose values decide the bits of the trained state. A checkpoint
 # may only be resumed under a config that agrees with it on all of these.
-BIT_FIELDS = ("seed", "batch_size", "learning_rate", "dataset")
+BIT_FIELDS = ("seed", "batch_size", "learning_rate", "dataset", "validation_examples",
+              "schedule", "warmup_steps", "dropout")
+# Fields that decide the bits only in some configurations (see identity_fields).
+_PLATEAU_FIELDS = ("plateau_patience", "plateau_factor")
+_CONTROL_FIELDS = ("eval_every", "monitor")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +48,25 @@ class Config:
     progress: show a tqdm progress bar.
     strict: refuse (instead of warn) to resume a checkpoint written with other
       package versions or on another platform.
+    validation_examples: the last this many examples of the training split
+      (in its stored order) form a static validation set, never trained on.
+      0 means no validation.
+    eval_every: also evaluate on the validation set every this many steps (it
+      is evaluated at each epoch end anyway); 0: only there. Evaluation points
+      depend on the step alone, never on interruptions or checkpoints.
+    monitor: 'val_loss' or 'val_accuracy': what early stopping, the plateau
+      schedule and the kept best checkpoint look at.
+    patience: stop early after this many evaluations without improvement of
+      `monitor`; 0 disables early stopping.
+    schedule: learning-rate schedule: 'constant', 'cosine' (to 0 at the last
+      step), 'warmup_cosine' (linear warmup for warmup_steps, then cosine) or
+      'plateau' (multiply by plateau_factor after plateau_patience evaluations
+      without improvement; its state is checkpointed).
+    warmup_steps: warmup length of 'warmup_cosine'.
+    plateau_patience: evaluations without improvement before 'plateau' decays.
+    plateau_factor: the factor 'plateau' multiplies the learning rate by.
+    dropout: dropout rate after the 256-unit layer; 0 disables it. Its masks
+      come from fold_in(dropout stream, global step).
   """
 
   seed: int = 0
@@ -58,6 +83,15 @@ class Config:
   chunk_steps: int = 100
   progress: bool = True
   strict: bool = False
+  validation_examples: int = 0
+  eval_every: int = 0
+  monitor: str = "val_loss"
+  patience: int = 0
+  schedule: str = "constant"
+  warmup_steps: int = 0
+  plateau_patience: int = 2
+  plateau_factor: float = 0.5
+  dropout: float = 0.0
 
   def validate(self) -> "Config":
     """Raises ReproError naming the first bad field and its fix; returns self."""
@@ -78,6 +112,11 @@ class Config:
     need_int("max_to_keep", 1)
     need_int("max_steps", 1, optional=True)
     need_int("chunk_steps", 1)
+    need_int("validation_examples", 0)
+    need_int("eval_every", 0)
+    need_int("patience", 0)
+    need_int("warmup_steps", 0)
+    need_int("plateau_patience", 1)
     if self.seed >= 2**32:
       raise ReproError(f"seed must be < 2**32, got {self.seed}")
     lr = self.learning_rate
@@ -85,14 +124,49 @@ class Config:
         or not math.isfinite(lr) or lr <= 0):
       raise ReproError(
           f"learning_rate must be a positive finite number, got {lr!r}")
+    for name, low, high in (("dropout", 0.0, 1.0), ("plateau_factor", 0.0, 1.0)):
+      value = getattr(self, name)
+      if (isinstance(value, bool) or not isinstance(value, (int, float))
+          or not (low <= value < high) or (name == "plateau_factor" and value == 0)):
+        raise ReproError(f"{name} must be in [{low:g}, {high:g}), got {value!r}")
+    if self.schedule not in SCHEDULES:
+      raise ReproError(f"unknown schedule {self.schedule!r}: pass --schedule=" +
+                       " or --schedule=".join(SCHEDULES))
+    if self.monitor not in MONITORS:
+      raise ReproError(f"unknown monitor {self.monitor!r}: pass --monitor=val_loss or "
+                       f"--monitor=val_accuracy")
+    if self.schedule == "warmup_cosine" and self.warmup_steps < 1:
+      raise ReproError("--schedule=warmup_cosine needs --warmup_steps=N with N >= 1")
+    if (self.patience or self.schedule == "plateau" or self.eval_every) and not (
+        self.validation_examples):
+      what = ("--patience" if self.patience else "--schedule=plateau"
+              if self.schedule == "plateau" else "--eval_every")
+      raise ReproError(f"{what} needs a validation set: pass --validation_examples=N")
     if self.dataset not in DATASETS:
       raise ReproError(
           f"unknown dataset {self.dataset!r}: pass --dataset=" + " or --dataset=".join(DATASETS))
     return self
 
   def bit_fields(self) -> dict[str, Any]:
-    """The fields that decide the trained bits (see BIT_FIELDS)."""
+    """The fields that always decide the trained bits (see BIT_FIELDS)."""
     return {name: getattr(self, name) for name in BIT_FIELDS}
+
+  def identity_fields(self) -> dict[str, Any]:
+    """Every field a checkpoint must agree on to be resumed bit for bit.
+
+    The cosine schedules decay over the whole run, so for them the number of
+    epochs decides every step's learning rate and cannot be raised on resume.
+    Early stopping and the plateau schedule act on evaluations, so for them
+    when and what is evaluated decides where the run stops or decays.
+    """
+    fields = self.bit_fields()
+    if self.schedule in ("cosine", "warmup_cosine"):
+      fields["epochs"] = self.epochs
+    if self.schedule == "plateau":
+      fields.update({name: getattr(self, name) for name in _PLATEAU_FIELDS})
+    if self.schedule == "plateau" or self.patience:
+      fields.update({name: getattr(self, name) for name in _CONTROL_FIELDS + ("patience",)})
+    return fields
 
   def default_output(self) -> str:
     """runs/seed<seed>-<8 hex digits of the bit-deciding fields>."""

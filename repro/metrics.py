@@ -1,10 +1,13 @@
 """Per-step JSON-lines logs of a run, cut back to the checkpoint on resume.
 
-metrics.jsonl  {"step", "loss"} for every global step: what a user plots.
+metrics.jsonl  {"step", "loss"} for every global step, and {"step", "val_loss",
+               "val_accuracy", "lr"} after each evaluation: what a user plots.
 trace.jsonl    {"step", "loss", "batch", "params"}: fingerprints of the batch
                indices and of the parameters after each step, and a step-0
                line for the initial parameters; bin/verify finds the first
                step where two runs diverge from them.
+events.jsonl   the run's history, never cut back: start, resume, checkpoint
+               and stop events (bin/plot marks them).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Iterable
 
 FILENAME = "metrics.jsonl"
 TRACE_FILENAME = "trace.jsonl"
+EVENTS_FILENAME = "events.jsonl"
 
 
 def read(path: Path) -> list[dict]:
@@ -36,12 +40,14 @@ class MetricsLog:
   Used for metrics.jsonl and trace.jsonl alike.
   """
 
-  def __init__(self, path: Path, resume_step: int):
+  def __init__(self, path: Path, resume_step: int | None):
+    """resume_step None keeps every record (a history such as events.jsonl)."""
     self.path = path
-    kept = [r for r in read(path) if r.get("step", 0) <= resume_step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    os.replace(tmp, path)
+    if resume_step is not None:
+      kept = [r for r in read(path) if r.get("step", 0) <= resume_step]
+      tmp = path.with_suffix(".jsonl.tmp")
+      tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+      os.replace(tmp, path)
     self._file = open(path, "a")
 
   def append(self, records: Iterable[dict]) -> None:

@@ -36,23 +36,34 @@ class DigitClassifier(nnx.Module):
   checkpoint names); the convolutions are computed by conv3x3.
   """
 
-  def __init__(self, *, rngs: nnx.Rngs):
+  def __init__(self, *, rngs: nnx.Rngs, dropout: float = 0.0):
     self.conv1 = nnx.Conv(1, 32, kernel_size=(3, 3), rngs=rngs)
     self.conv2 = nnx.Conv(32, 64, kernel_size=(3, 3), rngs=rngs)
     self.linear1 = nnx.Linear(3136, 256, rngs=rngs)
     self.linear2 = nnx.Linear(256, 10, rngs=rngs)
+    self.dropout = nnx.Dropout(dropout) if dropout else None
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+    """Logits; with dropout_key (and a dropout rate) the dropout mask is drawn from it."""
     x = x / 255  # uint8 pixels -> [0, 1]
     x = nnx.avg_pool(nnx.relu(conv3x3(self.conv1, x)), window_shape=(2, 2), strides=(2, 2))
     x = nnx.avg_pool(nnx.relu(conv3x3(self.conv2, x)), window_shape=(2, 2), strides=(2, 2))
     x = x.reshape(x.shape[0], -1)
     x = nnx.relu(self.linear1(x))
+    if self.dropout is not None:
+      x = self.dropout(x, deterministic=dropout_key is None, rngs=dropout_key)
     return self.linear2(x)
 
 
-def create(params_key: jax.Array, learning_rate: float) -> dict[str, nnx.Object]:
-  """A freshly initialised {'model', 'optimizer'} from the params key stream."""
-  model = DigitClassifier(rngs=nnx.Rngs(params=params_key))
-  optimizer = nnx.Optimizer(model, optax.adam(learning_rate), wrt=nnx.Param)
+def create(params_key: jax.Array, tx: optax.GradientTransformation | float,
+           dropout: float = 0.0) -> dict[str, nnx.Object]:
+  """A freshly initialised {'model', 'optimizer'} from the params key stream.
+
+  tx is the optax transformation (repro.optim.make_tx); a float means plain
+  Adam with that learning rate.
+  """
+  model = DigitClassifier(rngs=nnx.Rngs(params=params_key), dropout=dropout)
+  if isinstance(tx, (int, float)):
+    tx = optax.adam(tx)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   return {"model": model, "optimizer": optimizer}

@@ -22,12 +22,14 @@ from flax import nnx
 from tqdm import tqdm
 
 from repro import checkpoint
+from repro import control as control_lib
 from repro import data as data_lib
 from repro import digest
 from repro import environment
 from repro import lock as lock_lib
 from repro import metrics
 from repro import model as model_lib
+from repro import optim
 from repro import rng
 from repro import shuffle
 from repro import train
@@ -39,7 +41,7 @@ MANIFEST_FORMAT = 1
 # What a run directory may hold; anything else means --output points at
 # somebody else's files, which a run must not mix itself into.
 _OURS = re.compile(r"^(\d+|\d+\.orbax-checkpoint-tmp.*|corrupt-\d+(-\d+)?|config\.json|"
-                   r"(metrics|trace)\.jsonl(\.tmp)?|\.repro\.lock)$")
+                   r"(metrics|trace|events)\.jsonl(\.tmp)?|tensorboard|\.repro\.lock)$")
 # Test-only fault injection (tests/test_faults.py): "kill_after_chunk:<step>"
 # SIGKILLs the process once a chunk ends at <step>; "kill_in_save:<step>" does
 # so right after the save of <step> has started writing in the background.
@@ -64,6 +66,10 @@ class Result:
       nothing was trained or written.
     stopped_by: 'SIGTERM' or 'SIGINT' if a signal stopped the run early (a
       checkpoint was saved; rerun to resume), else None.
+    stopped_early: True if early stopping (config.patience) ended the run.
+    best_step: the step of the best validation result (config.monitor), whose
+      checkpoint is kept; None without validation.
+    best_value: that result.
   """
 
   step: int
@@ -76,6 +82,9 @@ class Result:
   resumed_from: int | None
   already_complete: bool
   stopped_by: str | None = None
+  stopped_early: bool = False
+  best_step: int | None = None
+  best_value: float | None = None
 
 
 def _check_output(config: Config) -> Path:
@@ -111,7 +120,7 @@ def _cursor(step: int, spe: int, num_train: int, batch_size: int) -> dict:
 
 def _identity(config: Config, dataset: data_lib.Dataset) -> dict:
   """Everything a checkpoint must agree on to be resumed bit for bit."""
-  return {**config.bit_fields(), "architecture": model_lib.ARCHITECTURE,
+  return {**config.identity_fields(), "architecture": model_lib.ARCHITECTURE,
           "shuffle": shuffle.SCHEME, "rng_streams": rng.STREAMS,
           "data_fingerprint": dataset.fingerprint}
 
@@ -216,13 +225,15 @@ def run(config: Config, *, log: Callable[[str], None] = print) -> Result:
   config.validate()
   output = _check_output(config)
   dataset = data_lib.load(config.dataset, config.data_dir, config.tfds_dir, log=log)
-  num_train = len(dataset.train_labels)
-  spe = shuffle.steps_per_epoch(num_train, config.batch_size)
-  if spe == 0:
-    raise ReproError(f"--batch_size={config.batch_size} is larger than the {num_train} "
-                     f"training examples of {dataset.name}: pass a smaller --batch_size")
-  total = config.epochs * spe
-  target = min(total, config.max_steps) if config.max_steps else total
+  train_size = len(dataset.train_labels) - config.validation_examples
+  if train_size < config.batch_size:
+    what = (f"{len(dataset.train_labels)} training examples less --validation_examples="
+            f"{config.validation_examples} leave {max(train_size, 0)}"
+            if config.validation_examples else f"the {train_size} training examples")
+    raise ReproError(f"--batch_size={config.batch_size} is larger than {what} of "
+                     f"{dataset.name}: pass a smaller --batch_size"
+                     + (" or --validation_examples" if config.validation_examples else ""))
+  spe = shuffle.steps_per_epoch(train_size, config.batch_size)
   identity = _identity(config, dataset)
 
   output.mkdir(parents=True, exist_ok=True)
@@ -231,23 +242,40 @@ def run(config: Config, *, log: Callable[[str], None] = print) -> Result:
     if run_lock.stale_owner:
       log(f"took over the lock of a run that died ({run_lock.stale_owner})")
     with StopRequests() as stop:
-      return _train(config, output, dataset, identity, spe, target, stop, log)
+      return _train(config, output, dataset, identity, spe, stop, log)
   finally:
     run_lock.release()
 
 
+def _result(output: Path, step_dir: Path | None, manifest: dict, control, **kw) -> Result:
+  m = manifest.get("metrics", {}) if manifest else {}
+  nan = float("nan")
+  return Result(step=kw.pop("step"), loss=m.get("loss", nan),
+                test_accuracy=m.get("test_accuracy", nan), test_loss=m.get("test_loss", nan),
+                output=str(output), checkpoint=str(step_dir) if step_dir else "",
+                digest=manifest.get("state_digest", "") if manifest else "",
+                stopped_early=control.stopped_early, best_step=control.best_step,
+                best_value=control.best, **kw)
+
+
 def _train(config: Config, output: Path, dataset: data_lib.Dataset, identity: dict, spe: int,
-           target: int, stop: StopRequests, log) -> Result:
-  num_train = len(dataset.train_labels)
+           stop: StopRequests, log) -> Result:
+  train_size = len(dataset.train_labels) - config.validation_examples
+  total = config.epochs * spe
+  target = min(total, config.max_steps) if config.max_steps else total
+  validating = config.validation_examples > 0
   keys = rng.streams(config.seed)
-  create = lambda: model_lib.create(keys["params"], config.learning_rate)
+  tx = optim.make_tx(config, total)
+  create = lambda: model_lib.create(keys["params"], tx, config.dropout)
   objects = create()
   graphdef, state = nnx.split(objects)
-
   _, abstract_state = nnx.split(nnx.eval_shape(create))  # the restore template
   env = environment.describe()
+  control = control_lib.ControlState.from_json(None, config)
 
-  store = checkpoint.Store(output, config.max_to_keep)
+  store = checkpoint.Store(output, config.max_to_keep,
+                           best_monitor=config.monitor if validating else None)
+  events = metrics.MetricsLog(output / metrics.EVENTS_FILENAME, resume_step=None)
   try:
     step, resumed_from, manifest, saved_step = 0, None, None, None
     found = _restore_latest(store, output, nnx.to_pure_dict(abstract_state), identity, env,
@@ -258,51 +286,64 @@ def _train(config: Config, output: Path, dataset: data_lib.Dataset, identity: di
       nnx.update(objects, abstract_state)
       state = nnx.state(objects)
       step = resumed_from = int(restored.cursor["step"])
+      control = control_lib.ControlState.from_json(restored.cursor.get("control"), config)
       manifest = restored.manifest
-      if step >= target:
-        log(f"run in {output} is already complete at step {step} (target {target}); "
-            f"nothing to do: raise --epochs to train further")
-        m = manifest.get("metrics", {})
-        return Result(step=step, loss=m.get("loss", float("nan")),
-                      test_accuracy=m.get("test_accuracy", float("nan")),
-                      test_loss=m.get("test_loss", float("nan")), output=str(output),
-                      checkpoint=str(store.step_path(saved_step)),
-                      digest=manifest.get("state_digest", ""),
-                      resumed_from=resumed_from, already_complete=True)
+      if step >= target or control.stopped_early:
+        why = "stopped early" if control.stopped_early else f"target {target}"
+        log(f"run in {output} is already complete at step {step} ({why}); nothing to do"
+            + ("" if control.stopped_early else ": raise --epochs to train further"))
+        return _result(output, store.step_path(saved_step), manifest, control, step=step,
+                       resumed_from=resumed_from, already_complete=True)
       epoch, within = divmod(step, spe)
       log(f"resuming {output} from step {step} (epoch {epoch}, step {within} of {spe})")
     (output / "config.json").write_text(config.to_json() + "\n")
+    events.append([{"event": "resume" if resumed_from is not None else "start", "step": step,
+                    "time": _now()}])
 
-    images = jax.device_put(dataset.train_images)
-    labels = jax.device_put(dataset.train_labels)
+    images = jax.device_put(dataset.train_images[:train_size])
+    labels = jax.device_put(dataset.train_labels[:train_size])
+    val_images = dataset.train_images[train_size:]
+    val_labels = dataset.train_labels[train_size:]
     train_chunk = train.make_train_chunk(graphdef, chunk_steps=config.chunk_steps,
-                                         num_examples=num_train, batch_size=config.batch_size)
+                                         num_examples=train_size, batch_size=config.batch_size,
+                                         dropout=config.dropout > 0)
     evaluate = train.make_evaluate(graphdef)
     log_file = metrics.MetricsLog(output / metrics.FILENAME, step)
     trace_file = metrics.MetricsLog(output / metrics.TRACE_FILENAME, step)
+    board = _board(output, step)
     if step == 0:  # the initial parameters: where seeds 0 and 1 already differ
       trace_file.append([{"step": 0, "params": _hex(train.fingerprint(state["model"]))}])
     loss = float("nan")
+    data_info = {"dataset": dataset.name, "source": dataset.source, "num_train": train_size,
+                 "num_test": len(dataset.test_labels), "fingerprint": dataset.fingerprint,
+                 "validation": {"rule": "the last validation_examples examples of the train "
+                                        "split, in its stored order",
+                                "examples": config.validation_examples,
+                                "fingerprint": data_lib.fingerprint(val_images, val_labels)}}
 
     def save(step: int, metrics_now: dict) -> dict:
       pure = nnx.to_pure_dict(state)
-      leaf_digests = digest.leaf_digests(pure)
       manifest = {
           "format": MANIFEST_FORMAT,
-          "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+          "created": _now(),
           "config": config.to_dict(),
           "identity": identity,
-          "data": {"dataset": dataset.name, "source": dataset.source,
-                   "num_train": num_train, "num_test": len(dataset.test_labels),
-                   "fingerprint": dataset.fingerprint},
+          "data": data_info,
           "environment": env,
           "metrics": metrics_now,
-          "leaf_digests": leaf_digests,
+          "best": {"monitor": config.monitor, "step": control.best_step, "value": control.best},
+          "leaf_digests": digest.leaf_digests(pure),
           "state_digest": digest.tree_digest(pure),
       }
-      log_file.sync()
-      trace_file.sync()
-      store.save(step, pure, _cursor(step, spe, num_train, config.batch_size), manifest)
+      cursor = {**_cursor(step, spe, train_size, config.batch_size),
+                "control": control.to_json()}
+      for log_ in (log_file, trace_file):
+        log_.sync()
+      board.flush()
+      validation = {k: v for k, v in metrics_now.items() if k.startswith("val_")}
+      store.save(step, pure, cursor, manifest,
+                 metrics={"step": step, **validation} if validation else None)
+      events.append([{"event": "checkpoint", "step": step, "time": _now()}])
       _fault("kill_in_save", step)
       return manifest
 
@@ -311,47 +352,99 @@ def _train(config: Config, output: Path, dataset: data_lib.Dataset, identity: di
                file=sys.stderr, dynamic_ncols=True)
     try:
       while step < target and not stop.signal_name:
-        next_checkpoint = (step // config.checkpoint_every + 1) * config.checkpoint_every
-        stop_at = min(step + config.chunk_steps, target, next_checkpoint)
-        state, trace = train_chunk(state, images, labels, keys["shuffle"],
-                                   np.int32(step), np.int32(stop_at - step))
+        boundaries = [step + config.chunk_steps, target,
+                      (step // config.checkpoint_every + 1) * config.checkpoint_every]
+        if validating:
+          boundaries.append((step // spe + 1) * spe)
+        if config.eval_every:
+          boundaries.append((step // config.eval_every + 1) * config.eval_every)
+        stop_at = min(boundaries)
+        state, trace = train_chunk(state, images, labels, keys, np.int32(step),
+                                   np.int32(stop_at - step))
         trace = {k: np.asarray(v)[:stop_at - step] for k, v in trace.items()}  # one host sync
         losses = [float(x) for x in trace["loss"]]
         log_file.append({"step": step + 1 + i, "loss": x} for i, x in enumerate(losses))
         trace_file.append({"step": step + 1 + i, "loss": losses[i], "batch": _hex(trace["batch"][i]),
                            "params": _hex(trace["params"][i])} for i in range(len(losses)))
+        for i, x in enumerate(losses):
+          board.add_scalar("train/loss", x, step + 1 + i)
         loss = losses[-1]
         bar.update(stop_at - step)
         bar.set_postfix(loss=f"{loss:.4f}", epoch=stop_at // spe)
         step = stop_at
         _fault("kill_after_chunk", step)
+        checkpoint_now = (step == target or step % config.checkpoint_every == 0
+                          or bool(stop.signal_name))
+        metrics_now = {"loss": loss}
+        # Evaluations happen at points fixed by the step alone (epoch ends and
+        # eval_every), never at interruptions or checkpoints, so that an
+        # interrupted run observes exactly what an uninterrupted one does.
+        if validating and (step % spe == 0 or
+                           (config.eval_every and step % config.eval_every == 0)):
+          accuracy, val_loss = evaluate(state, val_images, val_labels)
+          results = {"val_loss": float(val_loss), "val_accuracy": float(accuracy)}
+          before, control = control, control_lib.observe(control, config, step, results)
+          if control.lr != before.lr:  # the plateau schedule decays from the next step on
+            pure = nnx.to_pure_dict(state)
+            _set_path(pure, optim.PLATEAU_PATH, np.float32(control.lr))
+            nnx.replace_by_pure_dict(state, pure)
+            log(f"step {step}: no improvement of {config.monitor} in "
+                f"{config.plateau_patience} evaluations; learning rate -> {control.lr:.3g}")
+          lr = optim.learning_rate(config, total, step, control.lr)
+          log_file.append([{"step": step, **results, "lr": lr}])
+          for name, value in {**results, "lr": lr}.items():
+            board.add_scalar(f"val/{name}" if name != "lr" else "train/lr", value, step)
+          metrics_now.update(results)
+          checkpoint_now = checkpoint_now or control_lib.improved(before, control)
+          if control.stopped_early:
+            log(f"early stop at step {step}: no improvement of {config.monitor} in "
+                f"{config.patience} evaluations; best {control.best:.4f} at step "
+                f"{control.best_step}")
+            target = step
         if step == target:
           accuracy, test_loss = evaluate(state, dataset.test_images, dataset.test_labels)
-          manifest = save(step, {"loss": loss, "test_accuracy": float(accuracy),
-                                 "test_loss": float(test_loss)})
+          metrics_now.update(test_accuracy=float(accuracy), test_loss=float(test_loss))
+          checkpoint_now = True
+        if checkpoint_now:
+          manifest = save(step, metrics_now)
           saved_step = step
-        elif step % config.checkpoint_every == 0 or stop.signal_name:
-          manifest = save(step, {"loss": loss})
-          saved_step = step
+      if stop.signal_name:
+        events.append([{"event": "stop", "signal": stop.signal_name, "step": step,
+                        "time": _now()}])
     finally:
       bar.close()
-      log_file.close()
-      trace_file.close()
+      for log_ in (log_file, trace_file):
+        log_.close()
+      board.close()
     store.wait()
   finally:
+    events.close()
     store.close()
   if manifest is None:  # stopped before the first step of a fresh run
     log(f"stopped by {stop.signal_name} before the first step; nothing was saved")
-    return Result(step=0, loss=float("nan"), test_accuracy=float("nan"),
-                  test_loss=float("nan"), output=str(output), checkpoint="", digest="",
-                  resumed_from=None, already_complete=False, stopped_by=stop.signal_name)
-  m = manifest["metrics"]
-  checkpoint_dir = str(store.step_path(saved_step))
+    return _result(output, None, {}, control, step=0, resumed_from=None,
+                   already_complete=False, stopped_by=stop.signal_name)
+  checkpoint_dir = store.step_path(saved_step)
   if step < target:
     log(f"stopped by {stop.signal_name} at step {step}; checkpoint saved to {checkpoint_dir}; "
         f"rerun the same command to resume")
-  return Result(step=step, loss=m["loss"], test_accuracy=m.get("test_accuracy", float("nan")),
-                test_loss=m.get("test_loss", float("nan")), output=str(output),
-                checkpoint=checkpoint_dir, digest=manifest["state_digest"],
-                resumed_from=resumed_from, already_complete=False,
-                stopped_by=stop.signal_name if step < target else None)
+  return _result(output, checkpoint_dir, manifest, control, step=step,
+                 resumed_from=resumed_from, already_complete=False,
+                 stopped_by=stop.signal_name if step < target else None)
+
+
+def _now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+def _set_path(tree: dict, path: tuple, value) -> None:
+  for key in path[:-1]:
+    tree = tree[key]
+  tree[path[-1]] = value
+
+
+def _board(output: Path, step: int):
+  """A TensorBoard writer; on resume, events past `step` from before are purged."""
+  from tensorboardX import SummaryWriter
+  return SummaryWriter(logdir=str(output / "tensorboard"), purge_step=step + 1 if step else None,
+                       flush_secs=30)

@@ -41,33 +41,38 @@ def fingerprint(arrays) -> jax.Array:
   return total
 
 
-def loss_fn(model: nnx.Module, images: jax.Array, labels: jax.Array) -> jax.Array:
-  logits = model(images)
+def loss_fn(model: nnx.Module, images: jax.Array, labels: jax.Array,
+            dropout_key: jax.Array | None = None) -> jax.Array:
+  logits = model(images, dropout_key)
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 def train_step(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array,
-               labels: jax.Array) -> tuple[nnx.State, jax.Array]:
+               labels: jax.Array, dropout_key: jax.Array | None = None
+               ) -> tuple[nnx.State, jax.Array]:
   """One Adam step on one batch: (state, images, labels) -> (state, loss)."""
   objects = nnx.merge(graphdef, state)
-  loss, grads = nnx.value_and_grad(loss_fn)(objects["model"], images, labels)
+  loss, grads = nnx.value_and_grad(loss_fn)(objects["model"], images, labels, dropout_key)
   objects["optimizer"].update(objects["model"], grads)
   return nnx.state(objects), loss
 
 
 def make_train_chunk(graphdef: nnx.GraphDef, *, chunk_steps: int, num_examples: int,
-                     batch_size: int) -> Callable:
-  """A jitted fn(state, images, labels, shuffle_key, first_step, num_steps) -> (state, trace).
+                     batch_size: int, dropout: bool = False) -> Callable:
+  """A jitted fn(state, images, labels, keys, first_step, num_steps) -> (state, trace).
 
   Runs global steps first_step .. first_step + num_steps - 1 (num_steps <=
-  chunk_steps) over the device-resident data. trace is {'loss', 'batch',
-  'params'}, each with chunk_steps entries of which the first num_steps are
-  real: the loss of each step, the fingerprint of its batch indices, and the
-  fingerprint of the model parameters after it.
+  chunk_steps) over the device-resident data; keys holds the 'shuffle' and
+  'dropout' streams, and step s (0-based) draws its dropout mask from
+  fold_in(keys['dropout'], s). trace is {'loss', 'batch', 'params'}, each with
+  chunk_steps entries of which the first num_steps are real: the loss of each
+  step, the fingerprint of its batch indices, and the fingerprint of the model
+  parameters after it.
   """
 
   @jax.jit
-  def train_chunk(state, images, labels, shuffle_key, first_step, num_steps):
+  def train_chunk(state, images, labels, keys, first_step, num_steps):
+    shuffle_key = keys["shuffle"]
     first_epoch, perms = shuffle.chunk_permutations(
         shuffle_key, first_step, chunk_steps, num_examples, batch_size)
 
@@ -75,7 +80,8 @@ def make_train_chunk(graphdef: nnx.GraphDef, *, chunk_steps: int, num_examples: 
       def run(state):
         idx = shuffle.batch_from_permutations(
             first_epoch, perms, first_step + i, num_examples, batch_size)
-        state, loss = train_step(graphdef, state, images[idx], labels[idx])
+        step_key = jax.random.fold_in(keys["dropout"], first_step + i) if dropout else None
+        state, loss = train_step(graphdef, state, images[idx], labels[idx], step_key)
         return state, {"loss": loss, "batch": fingerprint(idx),
                        "params": fingerprint(state["model"])}
 
