@@ -6,7 +6,11 @@ import sys
 
 from absl import flags, logging
 
-from repro.config import DATASETS, Config
+import dataclasses
+import json
+from pathlib import Path
+
+from repro.config import DATASETS, MONITORS, SCHEDULES, Config
 from repro.errors import ReproError
 from repro.stop import EXIT_STOPPED
 
@@ -38,12 +42,29 @@ def define_train_flags() -> None:
   flags.DEFINE_boolean("progress", d.progress, "Show a progress bar.")
   flags.DEFINE_boolean("strict", d.strict, "Refuse to resume a checkpoint written with "
                        "other package versions or on another platform (default: warn).")
+  flags.DEFINE_integer("validation_examples", d.validation_examples,
+                       "Hold out the last N training examples as a static validation set.")
+  flags.DEFINE_integer("eval_every", d.eval_every, "Also evaluate every N steps (validation "
+                       "is evaluated at each epoch end anyway).")
+  flags.DEFINE_enum("monitor", d.monitor, list(MONITORS),
+                    "What early stopping, plateau and the kept best checkpoint look at.")
+  flags.DEFINE_integer("patience", d.patience,
+                       "Stop after N evaluations without improvement (0: never).")
+  flags.DEFINE_enum("schedule", d.schedule, list(SCHEDULES), "Learning-rate schedule.")
+  flags.DEFINE_integer("warmup_steps", d.warmup_steps, "Warmup steps of warmup_cosine.")
+  flags.DEFINE_integer("plateau_patience", d.plateau_patience,
+                       "Evaluations without improvement before plateau decays the rate.")
+  flags.DEFINE_float("plateau_factor", d.plateau_factor, "Plateau decay factor.")
+  flags.DEFINE_float("dropout", d.dropout, "Dropout rate after the 256-unit layer.")
+  flags.DEFINE_string("config", None, "A JSON config (as written to <output>/config.json); "
+                      "flags given explicitly override it.")
 
 
 def parse_flags_or_exit(argv: list[str], positional: int = 0) -> list[str]:
   """absl's parser, but a bad flag is one line on stderr and exit code 2.
 
-  `positional` is how many arguments besides flags the binary takes.
+  `positional` is how many arguments besides flags the binary takes (-1: one
+  or more).
   """
   try:
     rest = FLAGS(argv)
@@ -54,11 +75,14 @@ def parse_flags_or_exit(argv: list[str], positional: int = 0) -> list[str]:
   except flags.Error as err:
     print(f"error: {err} (see --helpfull)", file=sys.stderr)
     sys.exit(EXIT_BAD_INPUT)
+  if positional == -1 and len(rest) < 2:
+    print("error: expected at least one argument (see --helpfull)", file=sys.stderr)
+    sys.exit(EXIT_BAD_INPUT)
   if positional == 0 and len(rest) > 1:
     print(f"error: unexpected argument(s) {' '.join(rest[1:])}: every setting is a "
           f"--flag (see --helpfull)", file=sys.stderr)
     sys.exit(EXIT_BAD_INPUT)
-  if positional and len(rest) - 1 != positional:
+  if positional > 0 and len(rest) - 1 != positional:
     print(f"error: expected {positional} arguments, got {len(rest) - 1} "
           f"(see --helpfull)", file=sys.stderr)
     sys.exit(EXIT_BAD_INPUT)
@@ -66,10 +90,22 @@ def parse_flags_or_exit(argv: list[str], positional: int = 0) -> list[str]:
 
 
 def config_from_flags() -> Config:
-  return Config(**{name: FLAGS[name].value for name in (
-      "seed", "epochs", "batch_size", "learning_rate", "dataset", "data_dir", "tfds_dir",
-      "output", "checkpoint_every", "max_to_keep", "max_steps", "chunk_steps", "progress",
-      "strict")})
+  """--config's JSON (or the defaults), overridden by the flags given explicitly."""
+  names = [f.name for f in dataclasses.fields(Config)]
+  base = Config()
+  if FLAGS.config:
+    path = Path(FLAGS.config).expanduser()
+    try:
+      values = json.loads(path.read_text())
+    except OSError as err:
+      raise ReproError(f"cannot read --config {path} ({err.strerror}): pass a JSON file") from None
+    except json.JSONDecodeError as err:
+      raise ReproError(f"--config {path} is not valid JSON ({err.msg} at line {err.lineno}): "
+                       f"fix the file") from None
+    if not isinstance(values, dict):
+      raise ReproError(f"--config {path} must hold a JSON object of config fields")
+    base = Config.from_dict(values)
+  return base.replace(**{name: FLAGS[name].value for name in names if FLAGS[name].present})
 
 
 def train_main(argv: list[str]) -> int:
@@ -107,3 +143,21 @@ def verify_main(argv: list[str]) -> int:
     return EXIT_BAD_INPUT
   print(verify.report(comparison))
   return 0 if comparison.identical else 1
+
+
+def define_plot_flags() -> None:
+  flags.DEFINE_string("out", "plot.png", "Where to write the PNG.")
+
+
+def plot_main(argv: list[str]) -> int:
+  """bin/plot RUN [RUN ...] --out=plot.png: loss and accuracy curves, overlaid."""
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  from repro import plot
+  try:
+    out = plot.plot(argv[1:], FLAGS.out)
+  except ReproError as err:
+    print(f"error: {err}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+  print(f"wrote {out}")
+  return 0
