@@ -51,8 +51,10 @@ def test_helpfull_documents_every_flag():
   result = train("--helpfull")
   assert result.returncode == 0
   for flag in ("seed", "epochs", "output", "checkpoint_every", "max_to_keep", "batch_size",
-               "learning_rate", "dataset", "data_dir", "max_steps", "tfds_dir", "chunk_steps"):
-    assert f"--{flag}" in result.stdout, flag
+               "learning_rate", "dataset", "data_dir", "max_steps", "tfds_dir", "chunk_steps",
+               "strict", "validation_examples", "eval_every", "monitor", "patience", "schedule",
+               "warmup_steps", "plateau_patience", "plateau_factor", "dropout", "config"):
+    assert f"--{flag}" in result.stdout or f"--[no]{flag}" in result.stdout, flag
 
 
 @pytest.mark.parametrize("args, message", [
@@ -62,6 +64,9 @@ def test_helpfull_documents_every_flag():
     (["--max_to_keep=0"], "max_to_keep must be >= 1"),
     (["--learning_rate=-1"], "learning_rate must be a positive finite number"),
     (["--dataset=cifar10"], "unknown dataset 'cifar10'"),
+    (["--schedule=linear"], "schedule"),
+    (["--dropout=1.5"], "dropout must be in [0, 1)"),
+    (["--patience=3"], "--patience needs a validation set"),
     (["--epochs=three"], "epochs"),
     (["--no_such_flag=1"], "no_such_flag"),
     (["positional"], "unexpected argument"),

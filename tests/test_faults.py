@@ -166,7 +166,6 @@ def test_corrupt_latest_checkpoint_is_named_set_aside_and_the_previous_one_used(
 
 def test_a_checkpoint_of_another_architecture_is_refused(small, monkeypatch):
   from flax import nnx
-  import optax
 
   class Narrow(model_lib.DigitClassifier):
     def __init__(self, *, rngs):
@@ -174,10 +173,11 @@ def test_a_checkpoint_of_another_architecture_is_refused(small, monkeypatch):
       self.conv2 = nnx.Conv(32, 16, kernel_size=(3, 3), rngs=rngs)
       self.linear1 = nnx.Linear(784, 256, rngs=rngs)
       self.linear2 = nnx.Linear(256, 10, rngs=rngs)
+      self.dropout = None
 
-  def create_narrow(key, lr):
+  def create_narrow(key, tx, dropout=0.0):
     model = Narrow(rngs=nnx.Rngs(params=key))
-    return {"model": model, "optimizer": nnx.Optimizer(model, optax.adam(lr), wrt=nnx.Param)}
+    return {"model": model, "optimizer": nnx.Optimizer(model, tx, wrt=nnx.Param)}
 
   config = small("arch", max_steps=10)
   with monkeypatch.context() as patch:
