@@ -75,3 +75,17 @@ def test_chunk_permutations_give_the_same_batches_as_the_step_alone(chunk_steps)
       got = shuffle.batch_from_permutations(first_epoch, perms, jnp.int32(first + i), n, batch)
       want = shuffle.batch_indices(key, jnp.int32(first + i), n, batch)
       assert np.array_equal(np.asarray(got), np.asarray(want)), (first, i)
+
+
+def test_chunks_of_any_start_and_length_share_one_compiled_program():
+  from flax import nnx
+  from repro import model, train
+  keys = rng.streams(0)
+  graphdef, state = nnx.split(model.create(keys["params"], 1e-3))
+  images = jnp.zeros((40, 28, 28, 1), jnp.uint8)
+  labels = jnp.zeros((40,), jnp.int32)
+  chunk = train.make_train_chunk(graphdef, chunk_steps=4, num_examples=40, batch_size=8)
+  for first, length in ((0, 4), (4, 1), (5, 3), (8, 4), (12, 2)):
+    state, trace = chunk(state, images, labels, keys, np.int32(first), np.int32(length))
+  assert chunk._cache_size() == 1  # a recompile per chunk would be a silent slowdown
+  assert trace["loss"].shape == (4,)
