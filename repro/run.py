@@ -370,8 +370,8 @@ def _train(config: Config, output: Path, dataset: data_lib.Dataset, identity: di
         for i, x in enumerate(losses):
           board.add_scalar("train/loss", x, step + 1 + i)
         loss = losses[-1]
+        bar.set_postfix(loss=f"{loss:.4f}", epoch=stop_at // spe, refresh=False)
         bar.update(stop_at - step)
-        bar.set_postfix(loss=f"{loss:.4f}", epoch=stop_at // spe)
         step = stop_at
         _fault("kill_after_chunk", step)
         checkpoint_now = (step == target or step % config.checkpoint_every == 0

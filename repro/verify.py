@@ -121,10 +121,12 @@ def _flat(d: dict, prefix: str = "") -> dict[str, object]:
   return out
 
 
-def _dict_diff(a: dict, b: dict) -> list[str]:
+def _dict_diff(a: dict, b: dict, common_only: bool = False) -> list[str]:
+  """'key: a vs b' for each differing field; common_only skips fields one side lacks
+  (a field added by a later format is no difference in what was trained)."""
   fa, fb = _flat(a), _flat(b)
-  return [f"{k}: {fa.get(k)!r} vs {fb.get(k)!r}" for k in sorted(set(fa) | set(fb))
-          if fa.get(k) != fb.get(k)]
+  keys = set(fa) & set(fb) if common_only else set(fa) | set(fb)
+  return [f"{k}: {fa.get(k)!r} vs {fb.get(k)!r}" for k in sorted(keys) if fa.get(k) != fb.get(k)]
 
 
 def _first_divergence(run_a: Path | None, run_b: Path | None,
@@ -171,8 +173,9 @@ def compare(a: str | Path, b: str | Path) -> Comparison:
                         {k: env_b.get(k) for k in _ENV_FIELDS})
   return Comparison(
       a=str(step_a), b=str(step_b), leaves=len(leaves_a), bytes=nbytes, differing=differing,
-      structure=structure, cursor=_dict_diff(cursor_a, cursor_b),
-      metrics=_dict_diff(manifest_a.get("metrics", {}), manifest_b.get("metrics", {})),
+      structure=structure, cursor=_dict_diff(cursor_a, cursor_b, common_only=True),
+      metrics=_dict_diff(manifest_a.get("metrics", {}), manifest_b.get("metrics", {}),
+                         common_only=True),
       config=config_diff, environment=env_diff, divergence=divergence, trace_steps=covered)
 
 
@@ -183,11 +186,15 @@ def report(c: Comparison) -> str:
              f"  A: {c.a}", f"  B: {c.b}"]
     if c.trace_steps:
       lines.append(f"  traces agree on all {c.trace_steps} common steps")
-    if c.environment:
-      lines.append("  (environments differ: " + "; ".join(c.environment) + ")")
+    for title, items in (("config", c.config), ("environment", c.environment)):
+      if items:
+        lines.append(f"  ({title} fields differ: " + "; ".join(items) + ")")
     return "\n".join(lines)
-  lines = [f"DIFFERENT: {len(c.differing)} of {c.leaves} leaves differ",
-           f"  A: {c.a}", f"  B: {c.b}"]
+  what = [f"{len(c.differing)} of {c.leaves} leaves differ"] if c.differing else []
+  what += [phrase for phrase, items in (("structure differs", c.structure),
+                                        ("cursor differs", c.cursor),
+                                        ("metrics differ", c.metrics)) if items]
+  lines = [f"DIFFERENT: {'; '.join(what)}", f"  A: {c.a}", f"  B: {c.b}"]
   if c.divergence:
     d = c.divergence
     if d.step == 0:

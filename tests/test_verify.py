@@ -101,3 +101,11 @@ def test_determinism_flags_respect_a_users_own_setting(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "--foo")
   environment.set_determinism_flags()
   assert os.environ["XLA_FLAGS"] == "--foo --xla_gpu_deterministic_ops=true"
+
+
+def test_fields_a_later_format_added_are_not_differences():
+  old = {"step": 32, "epoch": 2}
+  new = {"step": 32, "epoch": 2, "control": {"best": None, "stopped_early": False}}
+  assert verify._dict_diff(old, new, common_only=True) == []
+  assert verify._dict_diff(old, {**new, "step": 33}, common_only=True) == ["step: 32 vs 33"]
+  assert verify._dict_diff(old, new) != []  # config and environment report them all
