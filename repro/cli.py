@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
 import sys
+from pathlib import Path
 
 from absl import flags, logging
-
-import dataclasses
-import json
-from pathlib import Path
 
 from repro.config import DATASETS, MONITORS, SCHEDULES, Config
 from repro.errors import ReproError
@@ -108,16 +108,27 @@ def config_from_flags() -> Config:
   return base.replace(**{name: FLAGS[name].value for name in names if FLAGS[name].present})
 
 
+def _one_line_errors(main):
+  """A binary's main: quiet absl logging, and a ReproError becomes one line and exit 2."""
+
+  @functools.wraps(main)
+  def wrapped(argv: list[str]) -> int:
+    if not FLAGS["verbosity"].present:  # Orbax logs every save at INFO; -v 0 shows it
+      logging.set_verbosity(logging.WARNING)
+    try:
+      return main(argv)
+    except ReproError as err:
+      print(f"error: {err}", file=sys.stderr)
+      return EXIT_BAD_INPUT
+
+  return wrapped
+
+
+@_one_line_errors
 def train_main(argv: list[str]) -> int:
   del argv
-  if not FLAGS["verbosity"].present:  # Orbax logs every save at INFO; -v 0 shows it
-    logging.set_verbosity(logging.WARNING)
   from repro.run import run  # imports jax: after the flags are known to be good
-  try:
-    result = run(config_from_flags().validate())
-  except ReproError as err:
-    print(f"error: {err}", file=sys.stderr)
-    return EXIT_BAD_INPUT
+  result = run(config_from_flags().validate())
   if result.stopped_by:
     print(f"stopped: {result.stopped_by} at step {result.step}; checkpoint "
           f"{result.checkpoint or 'none (nothing trained yet)'}; rerun the same command to resume")
@@ -131,16 +142,11 @@ def train_main(argv: list[str]) -> int:
   return 0
 
 
+@_one_line_errors
 def verify_main(argv: list[str]) -> int:
   """bin/verify RUN_A RUN_B: 0 bitwise identical, 1 different, 2 bad input."""
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
   from repro import verify
-  try:
-    comparison = verify.compare(argv[1], argv[2])
-  except ReproError as err:
-    print(f"error: {err}", file=sys.stderr)
-    return EXIT_BAD_INPUT
+  comparison = verify.compare(argv[1], argv[2])
   print(verify.report(comparison))
   return 0 if comparison.identical else 1
 
@@ -149,15 +155,9 @@ def define_plot_flags() -> None:
   flags.DEFINE_string("out", "plot.png", "Where to write the PNG.")
 
 
+@_one_line_errors
 def plot_main(argv: list[str]) -> int:
   """bin/plot RUN [RUN ...] --out=plot.png: loss and accuracy curves, overlaid."""
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
   from repro import plot
-  try:
-    out = plot.plot(argv[1:], FLAGS.out)
-  except ReproError as err:
-    print(f"error: {err}", file=sys.stderr)
-    return EXIT_BAD_INPUT
-  print(f"wrote {out}")
+  print(f"wrote {plot.plot(argv[1:], FLAGS.out)}")
   return 0

@@ -243,7 +243,7 @@ def run(config: Config, *, log: Callable[[str], None] = print) -> Result:
     if run_lock.stale_owner:
       log(f"took over the lock of a run that died ({run_lock.stale_owner})")
     with StopRequests() as stop:
-      return _train(config, output, dataset, identity, spe, stop, log)
+      return _train(config, output, dataset, identity, train_size, spe, stop, log)
   finally:
     run_lock.release()
 
@@ -259,9 +259,8 @@ def _result(output: Path, step_dir: Path | None, manifest: dict, control, **kw) 
                 best_value=control.best, **kw)
 
 
-def _train(config: Config, output: Path, dataset: data_lib.Dataset, identity: dict, spe: int,
-           stop: StopRequests, log) -> Result:
-  train_size = len(dataset.train_labels) - config.validation_examples
+def _train(config: Config, output: Path, dataset: data_lib.Dataset, identity: dict,
+           train_size: int, spe: int, stop: StopRequests, log) -> Result:
   total = config.epochs * spe
   target = min(total, config.max_steps) if config.max_steps else total
   validating = config.validation_examples > 0
@@ -321,6 +320,7 @@ def _train(config: Config, output: Path, dataset: data_lib.Dataset, identity: di
                                         "split, in its stored order",
                                 "examples": config.validation_examples,
                                 "fingerprint": data_lib.fingerprint(val_images, val_labels)}}
+    val_images, val_labels = jax.device_put(val_images), jax.device_put(val_labels)
 
     def save(step: int, metrics_now: dict) -> dict:
       pure = nnx.to_pure_dict(state)

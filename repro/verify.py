@@ -12,7 +12,6 @@ parameters; step 0 is the initialisation.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from repro import digest
 from repro import metrics
 from repro.errors import ReproError
 
-_ENV_FIELDS = {"versions": None, "platform": None}
+_ENV_FIELDS = ("versions", "platform")
 
 
 @dataclasses.dataclass(frozen=True)

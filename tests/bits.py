@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import orbax.checkpoint as ocp
 
 from repro import digest
@@ -32,7 +31,3 @@ def differing_leaves(a: dict, b: dict) -> list[str]:
 def read_losses(run_dir: str | Path) -> bytes:
   return (Path(run_dir) / "metrics.jsonl").read_bytes()
 
-
-def all_close_count(a: dict, b: dict) -> int:
-  return sum(int(np.array_equal(x, y)) for x, y in zip(
-      digest.named_leaves(a).values(), digest.named_leaves(b).values()))

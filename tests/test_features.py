@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bits import assert_bitwise_equal, differing_leaves, read_losses, restore_state
-from repro import Config, ReproError, metrics, run
+from repro import ReproError, metrics, run
 
 BIN = Path(__file__).resolve().parent.parent / "bin"
 VAL = dict(validation_examples=32)  # 224 training examples: 14 steps an epoch at batch 16

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from repro import ReproError, environment, run, verify
+from repro import environment, run, verify
 
 VERIFY = Path(__file__).resolve().parent.parent / "bin" / "verify"
 
