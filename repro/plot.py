@@ -68,7 +68,12 @@ def plot(runs: list[str | Path], out: str | Path) -> Path:
     axes[0][1].legend(fontsize=8)
   fig.tight_layout()
   out = Path(out).expanduser()
-  out.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(out, dpi=110)
-  plt.close(fig)
+  try:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+  except OSError as err:
+    raise ReproError(f"cannot write --out {out} ({err.strerror or err}): pass a writable "
+                     f"file path") from None
+  finally:
+    plt.close(fig)
   return out

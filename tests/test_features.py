@@ -159,3 +159,10 @@ def test_plot_writes_a_png_of_overlaid_runs(small, tmp_path):
   missing = subprocess.run([sys.executable, str(BIN / "plot"), str(tmp_path / "nope")],
                            capture_output=True, text=True, timeout=300)
   assert missing.returncode == 2 and "is not a repro run directory" in missing.stderr
+  (tmp_path / "afile").write_text("x")
+  unwritable = subprocess.run([sys.executable, str(BIN / "plot"), whole.output,
+                               f"--out={tmp_path / 'afile' / 'p.png'}"],
+                              capture_output=True, text=True, timeout=300)
+  assert unwritable.returncode == 2 and "Traceback" not in unwritable.stderr
+  lines = unwritable.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: cannot write --out")
