@@ -31,7 +31,7 @@ def define_train_flags() -> None:
   flags.DEFINE_string("tfds_dir", None, "TFDS data directory for the prepared copy. "
                       "Default: $TFDS_DATA_DIR or ~/tensorflow_datasets.")
   flags.DEFINE_string("output", None, "Run directory; resumed if it holds checkpoints. "
-                      "Default: runs/seed<seed>-<digest of seed, batch, lr, dataset>.")
+                      "Default: runs/seed<seed>-<digest of the settings that decide the bits>.")
   flags.DEFINE_integer("checkpoint_every", d.checkpoint_every,
                        "Save a checkpoint every N global steps (and at the end).")
   flags.DEFINE_integer("max_to_keep", d.max_to_keep, "Checkpoints to keep (>= 1).")
