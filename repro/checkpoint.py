@@ -13,6 +13,8 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
+from repro import parallel
+
 ITEMS = ("state", "cursor", "manifest")
 
 
@@ -64,7 +66,9 @@ class Store:
     while target.exists():
       n += 1
       target = self.directory / f"corrupt-{step}-{n}"
-    self.step_path(step).rename(target)
+    if parallel.is_primary():  # every process decides alike; one renames
+      self.step_path(step).rename(target)
+    parallel.barrier(f"repro-set-aside-{step}")
     self.manager.reload()
     return target
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -56,6 +57,16 @@ def define_train_flags() -> None:
                        "Evaluations without improvement before plateau decays the rate.")
   flags.DEFINE_float("plateau_factor", d.plateau_factor, "Plateau decay factor.")
   flags.DEFINE_float("dropout", d.dropout, "Dropout rate after the 256-unit layer.")
+  flags.DEFINE_integer("devices", d.devices, "Train data-parallel on the first N devices "
+                       "(0: all, of every process). CPU: XLA_FLAGS="
+                       "--xla_force_host_platform_device_count=N makes N.")
+  flags.DEFINE_integer("micro_shards", d.micro_shards, "0: the bits follow the device count. "
+                       "M: topology-invariant mode, the same bits on every device count "
+                       "dividing M (the batch is cut into M micro-shards summed in one order).")
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 of a multi-process "
+                      "run (jax.distributed); default $JAX_COORDINATOR_ADDRESS.")
+  flags.DEFINE_integer("num_processes", None, "Processes of a multi-process run.")
+  flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
   flags.DEFINE_string("config", None, "A JSON config (as written to <output>/config.json); "
                       "flags given explicitly override it.")
 
@@ -127,8 +138,15 @@ def _one_line_errors(main):
 @_one_line_errors
 def train_main(argv: list[str]) -> int:
   del argv
-  from repro.run import run  # imports jax: after the flags are known to be good
-  result = run(config_from_flags().validate())
+  config = config_from_flags().validate()
+  from repro import parallel  # imports jax: after the flags are known to be good
+  if (FLAGS.coordinator_address or FLAGS.num_processes is not None
+      or FLAGS.process_id is not None or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+    parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  from repro.run import run
+  result = run(config)
+  if not parallel.is_primary():
+    return EXIT_STOPPED if result.stopped_by else 0
   if result.stopped_by:
     print(f"stopped: {result.stopped_by} at step {result.step}; checkpoint "
           f"{result.checkpoint or 'none (nothing trained yet)'}; rerun the same command to resume")

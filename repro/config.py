@@ -67,6 +67,14 @@ class Config:
     plateau_factor: the factor 'plateau' multiplies the learning rate by.
     dropout: dropout rate after the 256-unit layer; 0 disables it. Its masks
       come from fold_in(dropout stream, global step).
+    devices: train data-parallel on this many devices (the first ones); 0
+      means all (of every process, in a multi-process run). With one device
+      and micro_shards=0 the program is the single-device one.
+    micro_shards: 0: the gradient reduction follows the device count, so each
+      count gives its own (repeatable) bits. M >= 1: topology-invariant mode:
+      the global batch is cut into M fixed micro-shards whose gradients are
+      summed in one fixed order, so every device count dividing M gives the
+      same bits; batch_size must be divisible by M. Decides the bits.
   """
 
   seed: int = 0
@@ -92,6 +100,8 @@ class Config:
   plateau_patience: int = 2
   plateau_factor: float = 0.5
   dropout: float = 0.0
+  devices: int = 0
+  micro_shards: int = 0
 
   def validate(self) -> "Config":
     """Raises ReproError naming the first bad field and its fix; returns self."""
@@ -117,6 +127,12 @@ class Config:
     need_int("patience", 0)
     need_int("warmup_steps", 0)
     need_int("plateau_patience", 1)
+    need_int("devices", 0)
+    need_int("micro_shards", 0)
+    if self.micro_shards and self.batch_size % self.micro_shards:
+      raise ReproError(
+          f"--batch_size={self.batch_size} cannot be cut into --micro_shards="
+          f"{self.micro_shards} equal parts: pass a micro_shards that divides the batch size")
     if self.seed >= 2**32:
       raise ReproError(f"seed must be < 2**32, got {self.seed}")
     lr = self.learning_rate
@@ -148,8 +164,15 @@ class Config:
     return self
 
   def bit_fields(self) -> dict[str, Any]:
-    """The fields that always decide the trained bits (see BIT_FIELDS)."""
-    return {name: getattr(self, name) for name in BIT_FIELDS}
+    """The fields that always decide the trained bits (see BIT_FIELDS).
+
+    micro_shards decides them too, but is listed only when set, so that runs
+    from before it existed keep their identity and default output name.
+    """
+    fields = {name: getattr(self, name) for name in BIT_FIELDS}
+    if self.micro_shards:
+      fields["micro_shards"] = self.micro_shards
+    return fields
 
   def identity_fields(self) -> dict[str, Any]:
     """Every field a checkpoint must agree on to be resumed bit for bit.

@@ -7,6 +7,8 @@ import hashlib
 import jax
 import numpy as np
 
+from repro import parallel
+
 
 def _key_name(entry) -> str:
   for attr in ("key", "idx", "name"):
@@ -22,7 +24,7 @@ def named_leaves(tree) -> dict[str, np.ndarray]:
   Orbax round trip (which turns int keys into strings) give the same names.
   """
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {"/".join(_key_name(e) for e in path): np.asarray(leaf) for path, leaf in flat}
+  return {"/".join(_key_name(e) for e in path): parallel.to_host(leaf) for path, leaf in flat}
 
 
 def leaf_digest(array: np.ndarray) -> str:

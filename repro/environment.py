@@ -93,7 +93,8 @@ def cpu_info() -> dict[str, object]:
           "cpu_count": os.cpu_count()}
 
 
-def platform_info() -> dict[str, object]:
+def platform_info(devices_used: int = 1) -> dict[str, object]:
+  """The platform; devices_used is the size of the run's data-parallel mesh."""
   devices = jax.devices()
   return {
       "system": platform.system(),
@@ -101,6 +102,8 @@ def platform_info() -> dict[str, object]:
       "backend": jax.default_backend(),
       "device_kind": devices[0].device_kind,
       "device_count": len(devices),
+      "devices_used": devices_used,
+      "process_count": jax.process_count(),
       **cpu_info(),
       "jax_threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
       "jax_default_prng_impl": str(jax.config.jax_default_prng_impl),
@@ -123,5 +126,12 @@ def code_revision() -> dict[str, object] | None:
   return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
 
 
-def describe() -> dict[str, object]:
-  return {"versions": versions(), "platform": platform_info(), "code": code_revision()}
+def describe(devices_used: int = 1) -> dict[str, object]:
+  return {"versions": versions(), "platform": platform_info(devices_used),
+          "code": code_revision()}
+
+
+def bit_flags(xla_flags: str) -> str:
+  """XLA_FLAGS less the ones that only create devices (their use is devices_used)."""
+  return " ".join(f for f in xla_flags.split()
+                  if not f.startswith("--xla_force_host_platform_device_count"))

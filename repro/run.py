@@ -30,6 +30,7 @@ from repro import lock as lock_lib
 from repro import metrics
 from repro import model as model_lib
 from repro import optim
+from repro import parallel
 from repro import rng
 from repro import shuffle
 from repro import train
@@ -126,7 +127,9 @@ def _identity(config: Config, dataset: data_lib.Dataset) -> dict:
 
 
 def _check_compatible(output: Path, step: int, manifest: dict, expected: dict) -> None:
-  found = manifest.get("identity", {})
+  # micro_shards is listed only when set (Config.bit_fields): absent means 0.
+  found = {"micro_shards": 0, **manifest.get("identity", {})}
+  expected = {"micro_shards": 0, **expected}
   diffs = [f"  {key}: checkpoint {found.get(key)!r}, requested {value!r}"
            for key, value in expected.items() if found.get(key) != value]
   if diffs:
@@ -136,19 +139,28 @@ def _check_compatible(output: Path, step: int, manifest: dict, expected: dict) -
         "\nrerun with the checkpoint's settings, or pass a new --output")
 
 
-def _check_environment(step: int, manifest: dict, now: dict, strict: bool, log) -> None:
-  """Warns (or with strict refuses) where versions or platform differ from the checkpoint's."""
+def _check_environment(step: int, manifest: dict, now: dict, strict: bool, log,
+                       topology_invariant: bool = False) -> None:
+  """Warns (or with strict refuses) where versions or platform differ from the checkpoint's.
+
+  The number of devices decides the bits unless the run is topology-invariant
+  (micro_shards); checkpoints from before devices_used was recorded used one.
+  """
   saved = manifest.get("environment", {})
+  platform_keys = ("system", "machine", "backend", "device_kind", "cpu_features",
+                   "cpus_visible", "jax_threefry_partitionable", "jax_default_prng_impl",
+                   "xla_flags") + (() if topology_invariant else ("devices_used",))
+  defaults = {"devices_used": 1}
   diffs = []
   for section, keys in (("versions", environment.PACKAGES + ("python",)),
-                        ("platform", ("system", "machine", "backend", "device_kind",
-                                      "device_count", "cpu_features", "cpus_visible",
-                                      "jax_threefry_partitionable", "jax_default_prng_impl",
-                                      "xla_flags"))):
+                        ("platform", platform_keys)):
     for key in keys:
       if key == "repro":
         continue
-      old, new = saved.get(section, {}).get(key), now[section].get(key)
+      old = saved.get(section, {}).get(key, defaults.get(key))
+      new = now[section].get(key)
+      if key == "xla_flags":
+        old, new = environment.bit_flags(old or ""), environment.bit_flags(new or "")
       if old != new:
         diffs.append(f"{key} {old!r} -> {new!r}")
   if not diffs:
@@ -161,7 +173,7 @@ def _check_environment(step: int, manifest: dict, now: dict, strict: bool, log) 
 
 
 def _restore_latest(store: checkpoint.Store, output: Path, template: dict, identity: dict,
-                    env: dict, strict: bool, log):
+                    env: dict, config: Config, log):
   """The newest intact checkpoint as (restored, step), or None; bad steps are set aside.
 
   The manifest is read and checked before any array is touched, so an
@@ -186,7 +198,8 @@ def _restore_latest(store: checkpoint.Store, output: Path, template: dict, ident
         found = digest.leaf_digests(restored.state)
         bad = sorted(set(expected) ^ set(found) | {k for k in found if expected.get(k) != found[k]})
         if not bad and expected and cursor.get("step") == step:
-          _check_environment(step, manifest, env, strict, log)
+          _check_environment(step, manifest, env, config.strict, log,
+                             topology_invariant=bool(config.micro_shards))
           return restored, step
         if not expected:
           problem = "its manifest carries no checksums"
@@ -201,7 +214,7 @@ def _restore_latest(store: checkpoint.Store, output: Path, template: dict, ident
 
 
 def _hex(fingerprint) -> str:
-  return f"{int(fingerprint):08x}"
+  return f"{int(parallel.to_host(fingerprint)):08x}"
 
 
 def _fault(kind: str, step: int) -> None:
@@ -223,8 +236,16 @@ def run(config: Config, *, log: Callable[[str], None] = print) -> Result:
     chunk boundary with a checkpoint (Result.stopped_by says which).
   """
   config.validate()
+  mesh = parallel.make_mesh(config.devices, config.micro_shards, config.batch_size)
+  primary = parallel.is_primary()
+  if not primary:  # one process speaks, writes logs and holds the lock
+    log = lambda _: None
   output = _check_output(config)
+  if not primary:  # the primary prepares the TFDS copy alone, then the others read it
+    parallel.barrier("repro-data")
   dataset = data_lib.load(config.dataset, config.data_dir, config.tfds_dir, log=log)
+  if primary:
+    parallel.barrier("repro-data")
   train_size = len(dataset.train_labels) - config.validation_examples
   if train_size < config.batch_size:
     what = (f"{len(dataset.train_labels)} training examples less --validation_examples="
@@ -236,16 +257,24 @@ def run(config: Config, *, log: Callable[[str], None] = print) -> Result:
   spe = shuffle.steps_per_epoch(train_size, config.batch_size)
   identity = _identity(config, dataset)
 
-  output.mkdir(parents=True, exist_ok=True)
+  if primary:
+    output.mkdir(parents=True, exist_ok=True)
   environment.enable_compilation_cache()
-  run_lock = lock_lib.RunLock(output)
+  run_lock = lock_lib.RunLock(output) if primary else None
+  parallel.barrier("repro-output")
   try:
-    if run_lock.stale_owner:
+    if run_lock and run_lock.stale_owner:
       log(f"took over the lock of a run that died ({run_lock.stale_owner})")
+    if mesh is not None:
+      log(f"data-parallel over {mesh.size} devices ({jax.process_count()} process"
+          f"{'es' if jax.process_count() > 1 else ''})" + (
+              f", topology-invariant with {config.micro_shards} micro-shards"
+              if config.micro_shards else ""))
     with StopRequests() as stop:
-      return _train(config, output, dataset, identity, train_size, spe, stop, log)
+      return _train(config, output, dataset, identity, train_size, spe, mesh, stop, log)
   finally:
-    run_lock.release()
+    if run_lock:
+      run_lock.release()
 
 
 def _result(output: Path, step_dir: Path | None, manifest: dict, control, **kw) -> Result:
@@ -260,26 +289,29 @@ def _result(output: Path, step_dir: Path | None, manifest: dict, control, **kw) 
 
 
 def _train(config: Config, output: Path, dataset: data_lib.Dataset, identity: dict,
-           train_size: int, spe: int, stop: StopRequests, log) -> Result:
+           train_size: int, spe: int, mesh, stop: StopRequests, log) -> Result:
   total = config.epochs * spe
   target = min(total, config.max_steps) if config.max_steps else total
   validating = config.validation_examples > 0
   keys = rng.streams(config.seed)
+  primary = parallel.is_primary()
   tx = optim.make_tx(config, total)
   create = lambda: model_lib.create(keys["params"], tx, config.dropout)
   objects = create()
   graphdef, state = nnx.split(objects)
+  if mesh is not None:
+    keys, state = parallel.replicate((keys, state), mesh)
   _, abstract_state = nnx.split(nnx.eval_shape(create))  # the restore template
-  env = environment.describe()
+  env = environment.describe(devices_used=mesh.size if mesh is not None else 1)
   control = control_lib.ControlState.from_json(None, config)
 
   store = checkpoint.Store(output, config.max_to_keep,
                            best_monitor=config.monitor if validating else None)
-  events = metrics.MetricsLog(output / metrics.EVENTS_FILENAME, resume_step=None)
+  events = _log_file(output / metrics.EVENTS_FILENAME, None, primary)
   try:
     step, resumed_from, manifest, saved_step = 0, None, None, None
-    found = _restore_latest(store, output, nnx.to_pure_dict(abstract_state), identity, env,
-                            config.strict, log)
+    template = parallel.abstract(nnx.to_pure_dict(abstract_state), mesh)
+    found = _restore_latest(store, output, template, identity, env, config, log)
     if found is not None:
       restored, saved_step = found
       nnx.replace_by_pure_dict(abstract_state, restored.state)
@@ -296,21 +328,27 @@ def _train(config: Config, output: Path, dataset: data_lib.Dataset, identity: di
                        resumed_from=resumed_from, already_complete=True)
       epoch, within = divmod(step, spe)
       log(f"resuming {output} from step {step} (epoch {epoch}, step {within} of {spe})")
-    (output / "config.json").write_text(config.to_json() + "\n")
+    if primary:
+      (output / "config.json").write_text(config.to_json() + "\n")
     events.append([{"event": "resume" if resumed_from is not None else "start", "step": step,
                     "time": _now()}])
 
-    images = jax.device_put(dataset.train_images[:train_size])
-    labels = jax.device_put(dataset.train_labels[:train_size])
+    put = lambda x: parallel.replicate(x, mesh)
+    images = put(dataset.train_images[:train_size])
+    labels = put(dataset.train_labels[:train_size])
     val_images = dataset.train_images[train_size:]
     val_labels = dataset.train_labels[train_size:]
-    train_chunk = train.make_train_chunk(graphdef, chunk_steps=config.chunk_steps,
-                                         num_examples=train_size, batch_size=config.batch_size,
-                                         dropout=config.dropout > 0)
+    chunk_args = dict(chunk_steps=config.chunk_steps, num_examples=train_size,
+                      batch_size=config.batch_size, dropout=config.dropout > 0)
+    if mesh is None:
+      train_chunk = train.make_train_chunk(graphdef, **chunk_args)
+    else:
+      train_chunk = train.make_sharded_train_chunk(graphdef, mesh, **chunk_args,
+                                                   micro_shards=config.micro_shards)
     evaluate = train.make_evaluate(graphdef)
-    log_file = metrics.MetricsLog(output / metrics.FILENAME, step)
-    trace_file = metrics.MetricsLog(output / metrics.TRACE_FILENAME, step)
-    board = _board(output, step)
+    log_file = _log_file(output / metrics.FILENAME, step, primary)
+    trace_file = _log_file(output / metrics.TRACE_FILENAME, step, primary)
+    board = _board(output, step) if primary else _Null()
     if step == 0:  # the initial parameters: where seeds 0 and 1 already differ
       trace_file.append([{"step": 0, "params": _hex(train.fingerprint(state["model"]))}])
     loss = float("nan")
@@ -320,7 +358,8 @@ def _train(config: Config, output: Path, dataset: data_lib.Dataset, identity: di
                                         "split, in its stored order",
                                 "examples": config.validation_examples,
                                 "fingerprint": data_lib.fingerprint(val_images, val_labels)}}
-    val_images, val_labels = jax.device_put(val_images), jax.device_put(val_labels)
+    val_images, val_labels = put(val_images), put(val_labels)
+    test_images, test_labels = put(dataset.test_images), put(dataset.test_labels)
 
     def save(step: int, metrics_now: dict) -> dict:
       pure = nnx.to_pure_dict(state)
@@ -348,11 +387,14 @@ def _train(config: Config, output: Path, dataset: data_lib.Dataset, identity: di
       _fault("kill_in_save", step)
       return manifest
 
-    bar = tqdm(total=target, initial=step, unit="step", disable=not config.progress,
+    bar = tqdm(total=target, initial=step, unit="step", disable=not (config.progress and primary),
                desc=f"seed {config.seed}" + (f" (resumed at {step})" if resumed_from else ""),
                file=sys.stderr, dynamic_ncols=True)
     try:
-      while step < target and not stop.signal_name:
+      # Every process must take the same branches: a stop asked of any one is
+      # agreed on by all at each chunk boundary (one tiny collective).
+      stopping = parallel.any_process(bool(stop.signal_name))
+      while step < target and not stopping:
         boundaries = [step + config.chunk_steps, target,
                       (step // config.checkpoint_every + 1) * config.checkpoint_every]
         if validating:
@@ -362,7 +404,7 @@ def _train(config: Config, output: Path, dataset: data_lib.Dataset, identity: di
         stop_at = min(boundaries)
         state, trace = train_chunk(state, images, labels, keys, np.int32(step),
                                    np.int32(stop_at - step))
-        trace = {k: np.asarray(v)[:stop_at - step] for k, v in trace.items()}  # one host sync
+        trace = {k: parallel.to_host(v)[:stop_at - step] for k, v in trace.items()}  # one sync
         losses = [float(x) for x in trace["loss"]]
         log_file.append({"step": step + 1 + i, "loss": x} for i, x in enumerate(losses))
         trace_file.append({"step": step + 1 + i, "loss": losses[i], "batch": _hex(trace["batch"][i]),
@@ -374,8 +416,8 @@ def _train(config: Config, output: Path, dataset: data_lib.Dataset, identity: di
         bar.update(stop_at - step)
         step = stop_at
         _fault("kill_after_chunk", step)
-        checkpoint_now = (step == target or step % config.checkpoint_every == 0
-                          or bool(stop.signal_name))
+        stopping = parallel.any_process(bool(stop.signal_name))
+        checkpoint_now = step == target or step % config.checkpoint_every == 0 or stopping
         metrics_now = {"loss": loss}
         # Evaluations happen at points fixed by the step alone (epoch ends and
         # eval_every), never at interruptions or checkpoints, so that an
@@ -383,11 +425,12 @@ def _train(config: Config, output: Path, dataset: data_lib.Dataset, identity: di
         if validating and (step % spe == 0 or
                            (config.eval_every and step % config.eval_every == 0)):
           accuracy, val_loss = evaluate(state, val_images, val_labels)
-          results = {"val_loss": float(val_loss), "val_accuracy": float(accuracy)}
+          results = {"val_loss": _float(val_loss), "val_accuracy": _float(accuracy)}
           before, control = control, control_lib.observe(control, config, step, results)
           if control.lr != before.lr:  # the plateau schedule decays from the next step on
             pure = nnx.to_pure_dict(state)
-            _set_path(pure, optim.PLATEAU_PATH, np.float32(control.lr))
+            _set_path(pure, optim.PLATEAU_PATH,
+                      np.float32(control.lr) if mesh is None else put(np.float32(control.lr)))
             nnx.replace_by_pure_dict(state, pure)
             log(f"step {step}: no improvement of {config.monitor} in "
                 f"{config.plateau_patience} evaluations; learning rate -> {control.lr:.3g}")
@@ -403,15 +446,15 @@ def _train(config: Config, output: Path, dataset: data_lib.Dataset, identity: di
                 f"{control.best_step}")
             target = step
         if step == target:
-          accuracy, test_loss = evaluate(state, dataset.test_images, dataset.test_labels)
-          metrics_now.update(test_accuracy=float(accuracy), test_loss=float(test_loss))
+          accuracy, test_loss = evaluate(state, test_images, test_labels)
+          metrics_now.update(test_accuracy=_float(accuracy), test_loss=_float(test_loss))
           checkpoint_now = True
         if checkpoint_now:
           manifest = save(step, metrics_now)
           saved_step = step
-      if stop.signal_name:
-        events.append([{"event": "stop", "signal": stop.signal_name, "step": step,
-                        "time": _now()}])
+      if stopping:
+        events.append([{"event": "stop", "signal": stop.signal_name or "another process",
+                        "step": step, "time": _now()}])
     finally:
       bar.close()
       for log_ in (log_file, trace_file):
@@ -421,17 +464,33 @@ def _train(config: Config, output: Path, dataset: data_lib.Dataset, identity: di
   finally:
     events.close()
     store.close()
+  stopped_by = stop.signal_name or ("a stop in another process" if stopping else None)
   if manifest is None:  # stopped before the first step of a fresh run
-    log(f"stopped by {stop.signal_name} before the first step; nothing was saved")
+    log(f"stopped by {stopped_by} before the first step; nothing was saved")
     return _result(output, None, {}, control, step=0, resumed_from=None,
-                   already_complete=False, stopped_by=stop.signal_name)
+                   already_complete=False, stopped_by=stopped_by)
   checkpoint_dir = store.step_path(saved_step)
   if step < target:
-    log(f"stopped by {stop.signal_name} at step {step}; checkpoint saved to {checkpoint_dir}; "
+    log(f"stopped by {stopped_by} at step {step}; checkpoint saved to {checkpoint_dir}; "
         f"rerun the same command to resume")
   return _result(output, checkpoint_dir, manifest, control, step=step,
                  resumed_from=resumed_from, already_complete=False,
-                 stopped_by=stop.signal_name if step < target else None)
+                 stopped_by=stopped_by if step < target else None)
+
+
+class _Null:
+  """Stands in for the logs and TensorBoard writer in processes other than the primary."""
+
+  def __getattr__(self, name):
+    return lambda *args, **kwargs: None
+
+
+def _log_file(path: Path, step: int | None, primary: bool):
+  return metrics.MetricsLog(path, step) if primary else _Null()
+
+
+def _float(x) -> float:
+  return float(parallel.to_host(x))
 
 
 def _now() -> str:

@@ -9,10 +9,12 @@ same bits.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -92,6 +94,97 @@ def make_train_chunk(graphdef: nnx.GraphDef, *, chunk_steps: int, num_examples: 
       return jax.lax.cond(i < num_steps, run, skip, state)
 
     return jax.lax.scan(body, state, jnp.arange(chunk_steps, dtype=jnp.int32))
+
+  return train_chunk
+
+
+def make_sharded_train_chunk(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, *,
+                             chunk_steps: int, num_examples: int, batch_size: int,
+                             dropout: bool = False, micro_shards: int = 0) -> Callable:
+  """make_train_chunk's function, data-parallel over the devices of `mesh`.
+
+  Every device holds the whole state and data set (replicated) and computes the
+  same global batch indices; device d takes its slice of the global batch.
+  The loss is the mean over the global batch, as on one device.
+
+  micro_shards=0: device d computes the gradient of its batch_size/D examples
+  and the gradients are summed with psum. The reduction order follows the
+  device count, so the bits depend on it (each count is repeatable).
+
+  micro_shards=M (topology-invariant mode): the global batch is cut into M
+  fixed micro-shards of batch_size/M examples; micro-shard m always holds the
+  same examples and draws its dropout mask from fold_in(step key, m). Each
+  device runs the same micro-shard program over its M/D micro-shards in a
+  loop whose trip count is a run-time value (so XLA compiles one body for
+  every device count), the per-micro-shard gradients are all-gathered, and
+  summed in the order 0, 1, ..., M-1 on every device. The result is the same
+  bits on any device count dividing M.
+  """
+  axis = mesh.axis_names[0]
+  num_devices = mesh.shape[axis]
+  shards = micro_shards or num_devices
+  shard_size = batch_size // shards
+  local_shards = shards // num_devices
+
+  def loss_sum(model_state, model_def, images, labels, key):
+    model = nnx.merge(model_def, model_state)
+    logits = model(images, key)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
+
+  def chunk(state, images, labels, keys, first_step, num_steps, trip):
+    first_epoch, perms = shuffle.chunk_permutations(
+        keys["shuffle"], first_step, chunk_steps, num_examples, batch_size)
+    device = jax.lax.axis_index(axis)
+
+    def step(state, global_step):
+      idx = shuffle.batch_from_permutations(first_epoch, perms, global_step, num_examples,
+                                            batch_size)
+      objects = nnx.merge(graphdef, state)
+      model_def, model_state = nnx.split(objects["model"])
+      step_key = jax.random.fold_in(keys["dropout"], global_step) if dropout else None
+
+      def micro(k, acc):
+        m = device * local_shards + k
+        part = jax.lax.dynamic_slice_in_dim(idx, m * shard_size, shard_size)
+        key = jax.random.fold_in(step_key, m) if dropout else None
+        loss, grads = jax.value_and_grad(loss_sum)(model_state, model_def, images[part],
+                                                   labels[part], key)
+        return jax.tree.map(lambda buf, x: buf.at[k].set(x), acc, (loss, grads))
+
+      acc = jax.tree.map(lambda x: jnp.zeros((local_shards,) + x.shape, x.dtype),
+                         (jnp.zeros((), jnp.float32), model_state))
+      losses, grads = jax.lax.fori_loop(0, trip, micro, acc)
+      if micro_shards:
+        losses, grads = jax.lax.all_gather((losses, grads), axis, tiled=True)
+        total = lambda x: functools.reduce(jnp.add, [x[m] for m in range(shards)])
+      else:
+        total = lambda x: jax.lax.psum(x[0], axis)
+      loss = total(losses) / batch_size
+      grads = jax.tree.map(lambda g: total(g) / batch_size, grads)
+      objects["optimizer"].update(objects["model"], grads)
+      return nnx.state(objects), loss, idx
+
+    def body(state, i):
+      def run(state):
+        state, loss, idx = step(state, first_step + i)
+        return state, {"loss": loss, "batch": fingerprint(idx),
+                       "params": fingerprint(state["model"])}
+
+      def skip(state):
+        return state, {"loss": jnp.zeros((), jnp.float32), "batch": jnp.uint32(0),
+                       "params": jnp.uint32(0)}
+
+      return jax.lax.cond(i < num_steps, run, skip, state)
+
+    return jax.lax.scan(body, state, jnp.arange(chunk_steps, dtype=jnp.int32))
+
+  replicated = jax.sharding.PartitionSpec()
+  sharded = jax.jit(jax.shard_map(chunk, mesh=mesh, in_specs=replicated,
+                                  out_specs=replicated, check_vma=False))
+
+  def train_chunk(state, images, labels, keys, first_step, num_steps):
+    return sharded(state, images, labels, keys, first_step, num_steps,
+                   np.int32(local_shards))
 
   return train_chunk
 
