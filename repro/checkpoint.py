@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 from repro import parallel
@@ -23,6 +24,21 @@ class Restored:
   state: dict[str, Any]
   cursor: dict[str, Any]
   manifest: dict[str, Any]
+
+
+def restore_state_item(state_dir: Path) -> dict[str, Any]:
+  """The 'state' item of a step on this process's first device, whatever devices wrote it.
+
+  A checkpoint of a multi-device run records its mesh; without a template,
+  Orbax refuses it on another topology ("Topology mismatch"). The template
+  here comes from the item's own metadata, with this process's device.
+  """
+  from etils import epath  # Orbax's path type; its handlers want one
+  metadata = ocp.StandardCheckpointHandler().metadata(epath.Path(state_dir)).tree
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  template = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          metadata)
+  return ocp.StandardCheckpointer().restore(state_dir, template)
 
 
 class Store:

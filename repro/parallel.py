@@ -101,10 +101,12 @@ def replicate(tree, mesh: jax.sharding.Mesh | None):
 
 
 def abstract(tree, mesh: jax.sharding.Mesh | None):
-  """A restore template: shapes and dtypes of `tree`, with the mesh's replicated sharding."""
-  if mesh is None:
-    return tree
-  sharding = replicated(mesh)
+  """A restore template: shapes and dtypes of `tree` on every device of `mesh`.
+
+  With no mesh, on the first device. The sharding must always be given:
+  Orbax refuses a checkpoint written on another mesh without one.
+  """
+  sharding = replicated(mesh) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import orbax.checkpoint as ocp
 
+from repro import checkpoint
 from repro import digest
 from repro import metrics
 from repro.errors import ReproError
@@ -86,7 +87,7 @@ def _read_item(step_dir: Path, item: str) -> dict:
 
 def _restore_state(step_dir: Path) -> dict:
   try:
-    return ocp.StandardCheckpointer().restore(step_dir / "state")
+    return checkpoint.restore_state_item(step_dir / "state")
   except Exception as err:
     raise ReproError(f"cannot restore {step_dir / 'state'} ({type(err).__name__}: "
                      f"{str(err)[:160]})") from None

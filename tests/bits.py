@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import orbax.checkpoint as ocp
-
-from repro import digest
+from repro import checkpoint, digest
 
 
 def restore_state(step_dir: str | Path) -> dict:
-  """The 'state' item of a checkpoint step, restored with StandardCheckpointer."""
-  return ocp.StandardCheckpointer().restore(Path(step_dir).absolute() / "state")
+  """The 'state' item of a checkpoint step, restored with StandardCheckpointer.
+
+  Onto this process's device, with a template from the item's metadata, so
+  that checkpoints written on other device counts restore too.
+  """
+  return checkpoint.restore_state_item(Path(step_dir).absolute() / "state")
 
 
 def assert_bitwise_equal(a: dict, b: dict) -> None:
