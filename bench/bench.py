@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from repro import checkpoint, data, environment, model, rng, shuffle, train  # noqa: E402
+from repro import checkpoint, data, environment, model, parallel, rng, shuffle, train  # noqa: E402
 
 BATCH = 64
 
@@ -48,25 +48,39 @@ def timed(fn, *args):
   return time.perf_counter() - start, out
 
 
-def measure_ours(dataset, chunk_steps: int) -> dict:
+def measure_ours(dataset, chunk_steps: int, devices: int = 1, micro_shards: int = 0,
+                 steps: int | None = None) -> dict:
+  """run()'s chunks over `steps` steps (default one epoch) after a first, compiling chunk.
+
+  devices/micro_shards > the defaults time the data-parallel program
+  (repro.parallel.make_mesh) as run() builds it.
+  """
   keys = rng.streams(0)
   graphdef, state = nnx.split(model.create(keys["params"], 1e-3))
   n = len(dataset.train_labels)
   spe = shuffle.steps_per_epoch(n, BATCH)
-  chunk = train.make_train_chunk(graphdef, chunk_steps=chunk_steps, num_examples=n,
-                                 batch_size=BATCH)
-  images, labels = jax.device_put(dataset.train_images), jax.device_put(dataset.train_labels)
+  mesh = parallel.make_mesh(devices, micro_shards, BATCH)
+  if mesh is None:
+    chunk = train.make_train_chunk(graphdef, chunk_steps=chunk_steps, num_examples=n,
+                                   batch_size=BATCH)
+  else:
+    chunk = train.make_sharded_train_chunk(graphdef, mesh, chunk_steps=chunk_steps,
+                                           num_examples=n, batch_size=BATCH,
+                                           micro_shards=micro_shards)
+    keys, state = parallel.replicate((keys, state), mesh)
+  images, labels = parallel.replicate((dataset.train_images, dataset.train_labels), mesh)
   compile_s, (state, _) = timed(chunk, state, images, labels, keys, np.int32(0),
                                 np.int32(chunk_steps))
+  steps = steps or spe
   start = time.perf_counter()
   step = chunk_steps
-  while step < chunk_steps + spe:
-    stop = min(step + chunk_steps, chunk_steps + spe)
+  while step < chunk_steps + steps:
+    stop = min(step + chunk_steps, chunk_steps + steps)
     state, trace = chunk(state, images, labels, keys, np.int32(step), np.int32(stop - step))
     np.asarray(trace["loss"])  # the one host sync per chunk, as run() does
     step = stop
   epoch_s = time.perf_counter() - start
-  return {"epoch_s": epoch_s, "steps": spe, "step_ms": 1000 * epoch_s / spe,
+  return {"epoch_s": epoch_s, "steps": steps, "step_ms": 1000 * epoch_s / steps,
           "compile_and_first_chunk_s": compile_s, "state": state, "graphdef": graphdef}
 
 

@@ -9,15 +9,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from bits import assert_bitwise_equal, read_losses, restore_state
 from conftest import STEPS_PER_EPOCH
+from repro.stop import EXIT_STOPPED
 
 TRAIN = Path(__file__).resolve().parent.parent / "bin" / "train"
 FINAL = 2 * STEPS_PER_EPOCH
@@ -181,3 +184,37 @@ def test_micro_shards_cannot_change_on_resume(flags, tmp_path):
   result = train(*flags, f"--output={out}", expect=2)
   assert "micro_shards: checkpoint 4, requested 0" in result.stderr
   shutil.rmtree(out)
+
+
+def wait_for_steps(run_dir: Path, steps: int, procs, timeout: float = 120) -> None:
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    for proc in procs:
+      assert proc.poll() is None, proc.communicate()
+    path = run_dir / "metrics.jsonl"
+    if path.exists() and len(path.read_text().splitlines()) >= steps:
+      return
+    time.sleep(0.05)
+  raise AssertionError("the run did not start training in time")
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_with_a_checkpoint(invariant, tmp_path):
+  long = [*invariant, "--epochs=20", "--chunk_steps=4", "--checkpoint_every=1000"]  # 280 steps
+  out = tmp_path / "two"
+  address = f"--coordinator_address=localhost:{free_port()}"
+  procs = [start(*long, f"--output={out}", address, "--num_processes=2", f"--process_id={i}",
+                 host_devices=2) for i in range(2)]
+  wait_for_steps(out, 8, procs)
+  procs[1].send_signal(signal.SIGTERM)  # the non-primary: the primary must learn of it
+  results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
+  for stdout, stderr, code in results:
+    assert code == EXIT_STOPPED and "Traceback" not in stderr, f"{stdout}\n{stderr}"
+  line = results[0][0].strip().splitlines()[-1]
+  assert line.startswith("stopped: a stop in another process at step "), line
+  stopped_at = int(line.split(" at step ")[1].split(";")[0])
+  assert 8 <= stopped_at < 280 and (out / str(stopped_at)).is_dir()
+  resumed = train(*long, f"--output={out}", host_devices=1)
+  assert f"from step {stopped_at}" in resumed.stdout
+  reference = tmp_path / "reference"
+  train(*long, f"--output={reference}", host_devices=1)
+  assert_same_run(reference, out)
