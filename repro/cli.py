@@ -12,7 +12,7 @@ from pathlib import Path
 from absl import flags, logging
 
 from repro.config import DATASETS, MONITORS, SCHEDULES, Config
-from repro.errors import ReproError
+from repro.errors import PeerLost, ReproError
 from repro.stop import EXIT_STOPPED
 
 FLAGS = flags.FLAGS
@@ -144,7 +144,12 @@ def train_main(argv: list[str]) -> int:
       or FLAGS.process_id is not None or os.environ.get("JAX_COORDINATOR_ADDRESS")):
     parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   from repro.run import run
-  result = run(config)
+  try:
+    result = run(config)
+  except PeerLost as err:
+    print(f"error: {err}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(EXIT_STOPPED)  # jax.distributed's exit barrier would wait for the dead process
   if not parallel.is_primary():
     return EXIT_STOPPED if result.stopped_by else 0
   if result.stopped_by:

@@ -7,3 +7,13 @@ class ReproError(Exception):
   The message is one line that says what was wrong and how to fix it; the
   binaries print it without a traceback and exit with code 2.
   """
+
+
+class PeerLost(Exception):
+  """Another process of a multi-process run died; this one cannot go on alone.
+
+  Nothing since the last finalized checkpoint is kept; restarting every
+  process resumes from it. bin/train prints the message and exits 75 at once,
+  without waiting for jax.distributed's shutdown barrier, which would wait for
+  the dead process's heartbeat timeout and then abort.
+  """

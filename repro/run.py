@@ -35,7 +35,7 @@ from repro import rng
 from repro import shuffle
 from repro import train
 from repro.config import Config
-from repro.errors import ReproError
+from repro.errors import PeerLost, ReproError
 from repro.stop import StopRequests
 
 MANIFEST_FORMAT = 1
@@ -271,7 +271,16 @@ def run(config: Config, *, log: Callable[[str], None] = print) -> Result:
               f", topology-invariant with {config.micro_shards} micro-shards"
               if config.micro_shards else ""))
     with StopRequests() as stop:
-      return _train(config, output, dataset, identity, train_size, spe, mesh, stop, log)
+      try:
+        return _train(config, output, dataset, identity, train_size, spe, mesh, stop, log)
+      except jax.errors.JaxRuntimeError as err:
+        if jax.process_count() == 1:
+          raise
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise PeerLost(
+            f"a process of this {jax.process_count()}-process run failed ({first}); the steps "
+            f"since the last checkpoint in {output} are lost: restart every process to "
+            f"resume") from None
   finally:
     if run_lock:
       run_lock.release()
@@ -308,6 +317,7 @@ def _train(config: Config, output: Path, dataset: data_lib.Dataset, identity: di
   store = checkpoint.Store(output, config.max_to_keep,
                            best_monitor=config.monitor if validating else None)
   events = _log_file(output / metrics.EVENTS_FILENAME, None, primary)
+  abandoned = False  # the store is left to die with the process, unfinished saves and all
   try:
     step, resumed_from, manifest, saved_step = 0, None, None, None
     template = parallel.abstract(nnx.to_pure_dict(abstract_state), mesh)
@@ -461,9 +471,14 @@ def _train(config: Config, output: Path, dataset: data_lib.Dataset, identity: di
         log_.close()
       board.close()
     store.wait()
+  except jax.errors.JaxRuntimeError:
+    if jax.process_count() > 1:  # a peer died: the store's barriers would wait for it
+      abandoned = True
+    raise
   finally:
     events.close()
-    store.close()
+    if not abandoned:
+      store.close()
   stopped_by = stop.signal_name or ("a stop in another process" if stopping else None)
   if manifest is None:  # stopped before the first step of a fresh run
     log(f"stopped by {stopped_by} before the first step; nothing was saved")

@@ -218,3 +218,24 @@ def test_sigterm_to_one_of_two_processes_stops_both_with_a_checkpoint(invariant,
   reference = tmp_path / "reference"
   train(*long, f"--output={reference}", host_devices=1)
   assert_same_run(reference, out)
+
+
+def test_sigkill_of_one_process_ends_the_other_at_once_and_the_run_resumes(invariant, tmp_path):
+  long = [*invariant, "--epochs=20", "--chunk_steps=4", "--checkpoint_every=16"]
+  out = tmp_path / "two"
+  address = f"--coordinator_address=localhost:{free_port()}"
+  procs = [start(*long, f"--output={out}", address, "--num_processes=2", f"--process_id={i}",
+                 host_devices=2) for i in range(2)]
+  wait_for_steps(out, 40, procs)
+  procs[1].kill()
+  stdout, stderr = procs[0].communicate(timeout=60)  # not jax's 100 s heartbeat timeout
+  procs[1].communicate()
+  assert procs[0].returncode == EXIT_STOPPED, f"{stdout}\n{stderr}"
+  errors = [x for x in stderr.splitlines() if x.startswith("error:")]
+  assert len(errors) == 1 and "Traceback" not in stderr, stderr
+  assert errors[0].startswith("error: a process of this 2-process run failed"), stderr
+  assert "restart every process to resume" in errors[0]
+  saved = last_step(out)
+  assert saved >= 16  # the periodic one at 16, or a later one
+  resumed = train(*long, f"--output={out}", f"--max_steps={saved + 8}", host_devices=1)
+  assert f"from step {saved}" in resumed.stdout and "corrupt" not in resumed.stdout
