@@ -78,24 +78,39 @@ def make_train_chunk(graphdef: nnx.GraphDef, *, chunk_steps: int, num_examples: 
     first_epoch, perms = shuffle.chunk_permutations(
         shuffle_key, first_step, chunk_steps, num_examples, batch_size)
 
-    def body(state, i):
-      def run(state):
-        idx = shuffle.batch_from_permutations(
-            first_epoch, perms, first_step + i, num_examples, batch_size)
-        step_key = jax.random.fold_in(keys["dropout"], first_step + i) if dropout else None
-        state, loss = train_step(graphdef, state, images[idx], labels[idx], step_key)
-        return state, {"loss": loss, "batch": fingerprint(idx),
-                       "params": fingerprint(state["model"])}
+    def step(state, global_step):
+      idx = shuffle.batch_from_permutations(
+          first_epoch, perms, global_step, num_examples, batch_size)
+      step_key = jax.random.fold_in(keys["dropout"], global_step) if dropout else None
+      state, loss = train_step(graphdef, state, images[idx], labels[idx], step_key)
+      return state, loss, idx
 
-      def skip(state):
-        return state, {"loss": jnp.zeros((), jnp.float32), "batch": jnp.uint32(0),
-                       "params": jnp.uint32(0)}
-
-      return jax.lax.cond(i < num_steps, run, skip, state)
-
-    return jax.lax.scan(body, state, jnp.arange(chunk_steps, dtype=jnp.int32))
+    return _scan_steps(step, state, first_step, num_steps, chunk_steps)
 
   return train_chunk
+
+
+def _scan_steps(step: Callable, state, first_step, num_steps, chunk_steps: int):
+  """Scans step(state, global_step) -> (state, loss, batch indices) over a chunk.
+
+  Steps past num_steps are masked (lax.cond), so one program serves every
+  chunk length; the trace holds each step's loss and the fingerprints of its
+  batch and of the parameters after it.
+  """
+
+  def body(state, i):
+    def run(state):
+      state, loss, idx = step(state, first_step + i)
+      return state, {"loss": loss, "batch": fingerprint(idx),
+                     "params": fingerprint(state["model"])}
+
+    def skip(state):
+      return state, {"loss": jnp.zeros((), jnp.float32), "batch": jnp.uint32(0),
+                     "params": jnp.uint32(0)}
+
+    return jax.lax.cond(i < num_steps, run, skip, state)
+
+  return jax.lax.scan(body, state, jnp.arange(chunk_steps, dtype=jnp.int32))
 
 
 def make_sharded_train_chunk(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, *,
@@ -164,19 +179,7 @@ def make_sharded_train_chunk(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, *,
       objects["optimizer"].update(objects["model"], grads)
       return nnx.state(objects), loss, idx
 
-    def body(state, i):
-      def run(state):
-        state, loss, idx = step(state, first_step + i)
-        return state, {"loss": loss, "batch": fingerprint(idx),
-                       "params": fingerprint(state["model"])}
-
-      def skip(state):
-        return state, {"loss": jnp.zeros((), jnp.float32), "batch": jnp.uint32(0),
-                       "params": jnp.uint32(0)}
-
-      return jax.lax.cond(i < num_steps, run, skip, state)
-
-    return jax.lax.scan(body, state, jnp.arange(chunk_steps, dtype=jnp.int32))
+    return _scan_steps(step, state, first_step, num_steps, chunk_steps)
 
   replicated = jax.sharding.PartitionSpec()
   sharded = jax.jit(jax.shard_map(chunk, mesh=mesh, in_specs=replicated,
