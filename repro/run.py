@@ -143,14 +143,16 @@ def _check_environment(step: int, manifest: dict, now: dict, strict: bool, log,
                        topology_invariant: bool = False) -> None:
   """Warns (or with strict refuses) where versions or platform differ from the checkpoint's.
 
-  The number of devices decides the bits unless the run is topology-invariant
-  (micro_shards); checkpoints from before devices_used was recorded used one.
+  The number of devices, and how they are spread over processes (psum over
+  gloo rounds otherwise than within one process: measured), decide the bits
+  unless the run is topology-invariant (micro_shards); checkpoints from before
+  these were recorded used one device in one process.
   """
   saved = manifest.get("environment", {})
   platform_keys = ("system", "machine", "backend", "device_kind", "cpu_features",
                    "cpus_visible", "jax_threefry_partitionable", "jax_default_prng_impl",
-                   "xla_flags") + (() if topology_invariant else ("devices_used",))
-  defaults = {"devices_used": 1}
+                   "xla_flags") + (() if topology_invariant else ("devices_used", "process_count"))
+  defaults = {"devices_used": 1, "process_count": 1}
   diffs = []
   for section, keys in (("versions", environment.PACKAGES + ("python",)),
                         ("platform", platform_keys)):

@@ -239,3 +239,20 @@ def test_sigkill_of_one_process_ends_the_other_at_once_and_the_run_resumes(invar
   assert saved >= 16  # the periodic one at 16, or a later one
   resumed = train(*long, f"--output={out}", f"--max_steps={saved + 8}", host_devices=1)
   assert f"from step {saved}" in resumed.stdout and "corrupt" not in resumed.stdout
+
+
+@pytest.mark.parametrize("micro_shards, warned", [(0, True), (4, False)])
+def test_another_device_or_process_layout_warns_unless_topology_invariant(micro_shards, warned):
+  from repro import environment
+  from repro.config import Config
+  from repro.run import _check_environment
+  now = environment.describe(devices_used=4)
+  saved = json.loads(json.dumps(now))
+  saved["platform"]["process_count"] = 2
+  saved["platform"]["xla_flags"] += " --xla_force_host_platform_device_count=2"  # makes devices
+  messages = []
+  _check_environment(7, {"environment": saved}, now, strict=False, log=messages.append,
+                     topology_invariant=bool(Config(micro_shards=micro_shards).micro_shards))
+  assert len(messages) == warned
+  if warned:
+    assert "process_count 2 -> 1" in messages[0] and "xla_flags" not in messages[0]
