@@ -117,6 +117,18 @@ def to_host(x) -> np.ndarray:
   return np.asarray(x)
 
 
+def from_primary(values: np.ndarray) -> np.ndarray:
+  """Process 0's `values` in every process (every process must call this together).
+
+  For what decisions depend on (evaluations -> early stopping, plateau, best
+  checkpoint): every process then takes the same branch even if its own
+  devices rounded otherwise.
+  """
+  if jax.process_count() == 1:
+    return values
+  return np.asarray(multihost_utils.broadcast_one_to_all(values))
+
+
 def any_process(flag: bool) -> bool:
   """True if `flag` is true in any process (every process must call this together)."""
   if jax.process_count() == 1:

@@ -436,8 +436,7 @@ def _train(config: Config, output: Path, dataset: data_lib.Dataset, identity: di
         # interrupted run observes exactly what an uninterrupted one does.
         if validating and (step % spe == 0 or
                            (config.eval_every and step % config.eval_every == 0)):
-          accuracy, val_loss = evaluate(state, val_images, val_labels)
-          results = {"val_loss": _float(val_loss), "val_accuracy": _float(accuracy)}
+          results = _evaluate(evaluate, state, val_images, val_labels, "val_")
           before, control = control, control_lib.observe(control, config, step, results)
           if control.lr != before.lr:  # the plateau schedule decays from the next step on
             pure = nnx.to_pure_dict(state)
@@ -458,8 +457,7 @@ def _train(config: Config, output: Path, dataset: data_lib.Dataset, identity: di
                 f"{control.best_step}")
             target = step
         if step == target:
-          accuracy, test_loss = evaluate(state, test_images, test_labels)
-          metrics_now.update(test_accuracy=_float(accuracy), test_loss=_float(test_loss))
+          metrics_now.update(_evaluate(evaluate, state, test_images, test_labels, "test_"))
           checkpoint_now = True
         if checkpoint_now:
           manifest = save(step, metrics_now)
@@ -506,8 +504,11 @@ def _log_file(path: Path, step: int | None, primary: bool):
   return metrics.MetricsLog(path, step) if primary else _Null()
 
 
-def _float(x) -> float:
-  return float(parallel.to_host(x))
+def _evaluate(evaluate, state, images, labels, prefix: str) -> dict[str, float]:
+  """{prefix + 'loss', prefix + 'accuracy'}, as process 0 computed them."""
+  accuracy, loss = evaluate(state, images, labels)
+  values = parallel.from_primary(np.array([parallel.to_host(loss), parallel.to_host(accuracy)]))
+  return {f"{prefix}loss": float(values[0]), f"{prefix}accuracy": float(values[1])}
 
 
 def _now() -> str:
