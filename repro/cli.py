@@ -119,6 +119,11 @@ def config_from_flags() -> Config:
   return base.replace(**{name: FLAGS[name].value for name in names if FLAGS[name].present})
 
 
+def _drop_stdout() -> None:
+  """Points stdout at /dev/null, so that a closed pipe raises no error at exit."""
+  os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def _one_line_errors(main):
   """A binary's main: quiet absl logging, and a ReproError becomes one line and exit 2."""
 
@@ -131,6 +136,9 @@ def _one_line_errors(main):
     except ReproError as err:
       print(f"error: {err}", file=sys.stderr)
       return EXIT_BAD_INPUT
+    except BrokenPipeError:  # `bin/train | head`: the reader has all it wanted
+      _drop_stdout()
+      return 0
 
   return wrapped
 
@@ -170,7 +178,10 @@ def verify_main(argv: list[str]) -> int:
   """bin/verify RUN_A RUN_B: 0 bitwise identical, 1 different, 2 bad input."""
   from repro import verify
   comparison = verify.compare(argv[1], argv[2])
-  print(verify.report(comparison))
+  try:
+    print(verify.report(comparison), flush=True)
+  except BrokenPipeError:  # `bin/verify A B | head`: the verdict still goes in the exit code
+    _drop_stdout()
   return 0 if comparison.identical else 1
 
 

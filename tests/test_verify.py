@@ -108,3 +108,14 @@ def test_fields_a_later_format_added_are_not_differences():
   assert verify._dict_diff(old, new, common_only=True) == []
   assert verify._dict_diff(old, {**new, "step": 33}, common_only=True) == ["step: 32 vs 33"]
   assert verify._dict_diff(old, new) != []  # config and environment report them all
+
+
+def test_a_closed_pipe_is_not_a_traceback(runs):
+  """bin/verify A B | head -1: the reader stops early; no error, and the verdict stays."""
+  proc = subprocess.Popen([sys.executable, str(VERIFY), str(runs["a"]), str(runs["seed1"])],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  proc.stdout.close()  # the reader is gone before anything is written
+  stderr = proc.stderr.read().decode()
+  proc.wait(timeout=120)
+  assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+  assert proc.returncode == 1  # different runs
