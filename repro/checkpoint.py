@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath  # Orbax's path type; its handlers want one
 
 from repro import parallel
 
@@ -33,7 +34,6 @@ def restore_state_item(state_dir: Path) -> dict[str, Any]:
   Orbax refuses it on another topology ("Topology mismatch"). The template
   here comes from the item's own metadata, with this process's device.
   """
-  from etils import epath  # Orbax's path type; its handlers want one
   metadata = ocp.StandardCheckpointHandler().metadata(epath.Path(state_dir)).tree
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   template = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),

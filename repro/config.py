@@ -18,6 +18,10 @@ MONITORS = ("val_loss", "val_accuracy")
 # may only be resumed under a config that agrees with it on all of these.
 BIT_FIELDS = ("seed", "batch_size", "learning_rate", "dataset", "validation_examples",
               "schedule", "warmup_steps", "dropout")
+# Identity fields that later versions added, with the value every checkpoint
+# written without them was trained with (Config.bit_fields lists them only when
+# they differ from it, so older runs keep their identity and output name).
+IDENTITY_DEFAULTS = {"micro_shards": 0}
 # Fields that decide the bits only in some configurations (see identity_fields).
 _PLATEAU_FIELDS = ("plateau_patience", "plateau_factor")
 _CONTROL_FIELDS = ("eval_every", "monitor")
@@ -166,12 +170,13 @@ class Config:
   def bit_fields(self) -> dict[str, Any]:
     """The fields that always decide the trained bits (see BIT_FIELDS).
 
-    micro_shards decides them too, but is listed only when set, so that runs
-    from before it existed keep their identity and default output name.
+    The fields of IDENTITY_DEFAULTS decide them too, but are listed only when
+    they differ from their default, so that runs from before they existed keep
+    their identity and default output name.
     """
     fields = {name: getattr(self, name) for name in BIT_FIELDS}
-    if self.micro_shards:
-      fields["micro_shards"] = self.micro_shards
+    fields.update({name: getattr(self, name) for name, default in IDENTITY_DEFAULTS.items()
+                   if getattr(self, name) != default})
     return fields
 
   def identity_fields(self) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from repro import parallel
 from repro import rng
 from repro import shuffle
 from repro import train
-from repro.config import Config
+from repro.config import IDENTITY_DEFAULTS, Config
 from repro.errors import PeerLost, ReproError
 from repro.stop import StopRequests
 
@@ -127,9 +127,8 @@ def _identity(config: Config, dataset: data_lib.Dataset) -> dict:
 
 
 def _check_compatible(output: Path, step: int, manifest: dict, expected: dict) -> None:
-  # micro_shards is listed only when set (Config.bit_fields): absent means 0.
-  found = {"micro_shards": 0, **manifest.get("identity", {})}
-  expected = {"micro_shards": 0, **expected}
+  found = {**IDENTITY_DEFAULTS, **manifest.get("identity", {})}
+  expected = {**IDENTITY_DEFAULTS, **expected}
   diffs = [f"  {key}: checkpoint {found.get(key)!r}, requested {value!r}"
            for key, value in expected.items() if found.get(key) != value]
   if diffs:

@@ -168,6 +168,7 @@ def test_two_processes_train_together_and_their_checkpoint_restores_in_one(
     (["--micro_shards=3"], 1, "cannot be cut into --micro_shards=3"),
     (["--num_processes=2", "--process_id=2", "--coordinator_address=localhost:1"], 1,
      "--process_id must be in [0, 2)"),
+    (["--num_processes=2", "--process_id=0"], 1, "coordinator_address should be defined"),
 ])
 def test_bad_device_settings_are_one_line_and_exit_2(flags, tmp_path, args, host_devices,
                                                      message):
