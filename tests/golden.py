@@ -5,7 +5,13 @@ Regenerate (after a deliberate change of the bits, e.g. a new pin or model):
     python tests/golden.py --update
 
 which rewrites tests/golden/digests.json with the digests of this machine and
-records the package versions and platform they were made on.
+records the package versions and platform they were made on. On a machine of
+another platform (another CPU's vector features, say), where the test skips:
+
+    python tests/golden.py --confirm
+
+recomputes the digests and, only if every one of them is equal, adds this
+platform to the file's `confirmed_on`, so that the test guards it too.
 """
 
 from __future__ import annotations
@@ -60,18 +66,51 @@ def compute(name: str, workdir: Path) -> dict:
   }
 
 
-def update() -> None:
+def platforms(golden: dict) -> list[dict]:
+  """Every platform the digests were made or confirmed on."""
+  return [golden["made_on"], *golden.get("confirmed_on", [])]
+
+
+def compute_all() -> dict:
   with tempfile.TemporaryDirectory() as tmp:
-    golden = {"made_on": platform_key(),
-              "configs": {name: compute(name, Path(tmp)) for name in CONFIGS}}
+    return {name: compute(name, Path(tmp)) for name in CONFIGS}
+
+
+def _write(golden: dict) -> None:
   GOLDEN.parent.mkdir(exist_ok=True)
   GOLDEN.write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
+
+
+def update() -> None:
+  _write({"made_on": platform_key(), "configs": compute_all()})
   print(f"wrote {GOLDEN} ({len(CONFIGS)} configs)")
+
+
+def confirm() -> int:
+  """Adds this platform to confirmed_on if it reproduces every digest; 1 if it does not."""
+  golden, here = json.loads(GOLDEN.read_text()), platform_key()
+  if here in platforms(golden):
+    print("this platform is already in the golden file")
+    return 0
+  got = compute_all()
+  differing = [name for name, want in golden["configs"].items()
+               if (got[name]["leaf_digests"], got[name]["trace_sha256"]) !=
+               (want["leaf_digests"], want["trace_sha256"])]
+  if differing:
+    print(f"NOT confirmed: {', '.join(differing)} differ on this platform")
+    return 1
+  golden["confirmed_on"] = [*golden.get("confirmed_on", []), here]
+  _write(golden)
+  print(f"confirmed: every digest is equal here; added this platform to {GOLDEN}")
+  return 0
 
 
 if __name__ == "__main__":
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--update", action="store_true", required=True,
+  action = parser.add_mutually_exclusive_group(required=True)
+  action.add_argument("--update", action="store_true",
                       help="recompute and rewrite tests/golden/digests.json")
-  parser.parse_args()
-  update()
+  action.add_argument("--confirm", action="store_true",
+                      help="add this platform if it reproduces every digest")
+  args = parser.parse_args()
+  sys.exit(confirm() if args.confirm else update())

@@ -13,7 +13,11 @@ def _load() -> dict:
   return json.loads(golden.GOLDEN.read_text())
 
 
-def _platform_differences(made_on: dict, here: dict) -> list[str]:
+def _platform_differences(saved: dict, here: dict) -> list[str]:
+  """Why no platform of the golden file is this one ([] when one is)."""
+  if here in golden.platforms(saved):
+    return []
+  made_on = saved["made_on"]
   out = [f"{k} {made_on['versions'].get(k)!r} -> {v!r}" for k, v in here["versions"].items()
          if made_on["versions"].get(k) != v]
   out += [f"{k} {made_on.get(k)!r} -> {here[k]!r}" for k in golden.PLATFORM_KEYS
@@ -30,10 +34,10 @@ def test_golden_file_records_its_platform_and_every_config():
 @pytest.mark.parametrize("name", sorted(golden.CONFIGS))
 def test_bits_match_the_golden_digests(name, tmp_path):
   saved = _load()
-  differences = _platform_differences(saved["made_on"], golden.platform_key())
+  differences = _platform_differences(saved, golden.platform_key())
   if differences:
     pytest.skip("golden digests were made on another platform (" + "; ".join(differences) +
-                "), where bits may legitimately differ; run `python tests/golden.py --update` "
+                "), where bits may legitimately differ; run `python tests/golden.py --confirm` "
                 "on this platform to guard it")
   want, got = saved["configs"][name], golden.compute(name, tmp_path)
   assert got["steps"] == want["steps"]
@@ -54,7 +58,21 @@ def test_a_changed_digest_fails_the_golden_test(tmp_path, monkeypatch):
   tampered = tmp_path / "digests.json"
   tampered.write_text(json.dumps(saved))
   monkeypatch.setattr(golden, "GOLDEN", tampered)
-  if _platform_differences(saved["made_on"], golden.platform_key()):
+  if _platform_differences(saved, golden.platform_key()):
     pytest.skip("golden digests were made on another platform")
   with pytest.raises(AssertionError, match=r"1 leaves differ \(model/conv1/bias\)"):
     test_bits_match_the_golden_digests(name, tmp_path / "work")
+
+
+def test_confirm_adds_no_platform_whose_digests_differ(tmp_path, monkeypatch):
+  saved = _load()
+  name = sorted(golden.CONFIGS)[0]
+  saved["configs"][name]["trace_sha256"] = "0" * 64
+  tampered = tmp_path / "digests.json"
+  tampered.write_text(json.dumps(saved))
+  monkeypatch.setattr(golden, "GOLDEN", tampered)
+  other = dict(golden.platform_key(), cpu_features=["a-feature-no-machine-has"])
+  monkeypatch.setattr(golden, "platform_key", lambda: other)
+  assert golden.confirm() == 1
+  assert "confirmed_on" not in json.loads(tampered.read_text()) or other not in (
+      json.loads(tampered.read_text())["confirmed_on"])
