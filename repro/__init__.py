@@ -6,7 +6,9 @@ _environment.set_determinism_flags()  # before any JAX backend starts
 
 from repro.config import Config
 from repro.errors import ReproError
+from repro.loop import Component, Context
 from repro.run import Result, run
+from repro.task import Splits, Task
 
-__all__ = ["Config", "ReproError", "Result", "run"]
+__all__ = ["Component", "Config", "Context", "ReproError", "Result", "Splits", "Task", "run"]
 __version__ = "0.1.0"

@@ -44,18 +44,19 @@ def restore_state_item(state_dir: Path) -> dict[str, Any]:
 class Store:
   """A run directory of finalized checkpoint steps."""
 
-  def __init__(self, directory: Path, max_to_keep: int, best_monitor: str | None = None):
+  def __init__(self, directory: Path, max_to_keep: int, best_monitor: str | None = None,
+               maximize: bool = False):
     """Keeps the latest max_to_keep steps, and with best_monitor also the best one.
 
-    best_monitor is 'val_loss' (lower is better) or 'val_accuracy'; every
-    save must then carry that metric.
+    best_monitor is a validation metric (lower is better unless maximize);
+    every save must then carry that metric.
     """
     self.directory = Path(directory)
     if best_monitor:
       # Orbax sorts by this key and keeps the last: among equal values the
       # earliest step must come last, as repro.control counts only strict
-      # improvements (sorted descending for val_loss, ascending otherwise).
-      lower_is_better = best_monitor == "val_loss"
+      # improvements (sorted descending when lower is better, else ascending).
+      lower_is_better = not maximize
       def rank(metrics):
         return (metrics[best_monitor], metrics["step"] if lower_is_better else -metrics["step"])
       policy = ocp.checkpoint_managers.AnyPreservationPolicy([
@@ -106,6 +107,10 @@ class Store:
         cursor=ocp.args.JsonRestore(),
         manifest=ocp.args.JsonRestore()))
     return Restored(state=restored.state, cursor=restored.cursor, manifest=restored.manifest)
+
+  def state_metadata(self, step: int) -> dict[str, Any]:
+    """The tree of the 'state' item's array metadata (shapes, dtypes), no array read."""
+    return ocp.StandardCheckpointHandler().metadata(epath.Path(self.step_path(step) / "state")).tree
 
   def read_json(self, step: int, item: str) -> dict[str, Any]:
     """The JSON item 'cursor' or 'manifest' of `step`, without touching the arrays."""

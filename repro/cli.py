@@ -9,66 +9,100 @@ import os
 import sys
 from pathlib import Path
 
-from absl import flags, logging
+import typing
 
-from repro.config import DATASETS, MONITORS, SCHEDULES, Config
+from absl import flags, logging
+from ml_collections import config_flags
+
+from repro import task as task_lib
+from repro.config import Config
 from repro.errors import PeerLost, ReproError
 from repro.stop import EXIT_STOPPED
+from repro.tasks import DEFAULT as DEFAULT_TASK
 
 FLAGS = flags.FLAGS
 EXIT_BAD_INPUT = 2
 
 
+def _define_config_flag(field: dataclasses.Field, kind) -> None:
+  """The --flag of one Config field: its type, default and help come from the field."""
+  name, default, help_text = field.name, field.default, field.metadata["help"]
+  if "choices" in field.metadata:
+    flags.DEFINE_enum(name, default, list(field.metadata["choices"]), help_text)
+  elif kind is bool:
+    flags.DEFINE_boolean(name, default, help_text)
+  elif kind in (int, int | None):
+    flags.DEFINE_integer(name, default, help_text)
+  elif kind is float:
+    flags.DEFINE_float(name, default, help_text)
+  else:
+    flags.DEFINE_string(name, default, help_text)
+
+
+def _task_options(spec: str):
+  """The options of task `spec` as a mutable dataclass for ml_collections' overrides.
+
+  Its field types are the task's resolved annotations, so --task.x=value is
+  parsed and checked as the task declares it. A ValueError (one line) if the
+  task cannot be imported or built.
+  """
+  try:
+    task = task_lib.resolve(spec)
+  except ReproError as err:
+    raise ValueError(str(err)) from None
+  values = task.options()
+  try:
+    hints = typing.get_type_hints(type(task))
+  except Exception:  # unresolvable annotations: fall back to the values' types
+    hints = {}
+  fields = [(name, hints.get(name, type(value)), dataclasses.field(default=value))
+            for name, value in values.items()]
+  body = ", ".join(f"{k}={v!r}" for k, v in values.items())
+  options = dataclasses.make_dataclass(
+      "TaskOptions", fields, repr=False,
+      namespace={"__repr__": lambda self: f"{spec}({body})"})
+  return options()
+
+
 def define_train_flags() -> None:
-  d = Config()
-  flags.DEFINE_integer("seed", d.seed, "The one seed of every random stream.")
-  flags.DEFINE_integer("epochs", d.epochs, "Epochs to train; may be raised on resume.")
-  flags.DEFINE_integer("batch_size", d.batch_size, "Examples per step.")
-  flags.DEFINE_float("learning_rate", d.learning_rate, "Adam learning rate.")
-  flags.DEFINE_string("dataset", d.dataset, f"One of {', '.join(DATASETS)}.")
-  flags.DEFINE_string("data_dir", None,
-                      "Directory of the four IDX files (plain or .gz). Default: "
-                      "/usr/share/datasets/fashion-mnist for fashion_mnist.")
-  flags.DEFINE_string("tfds_dir", None, "TFDS data directory for the prepared copy. "
-                      "Default: $TFDS_DATA_DIR or ~/tensorflow_datasets.")
-  flags.DEFINE_string("output", None, "Run directory; resumed if it holds checkpoints. "
-                      "Default: runs/seed<seed>-<digest of the settings that decide the bits>.")
-  flags.DEFINE_integer("checkpoint_every", d.checkpoint_every,
-                       "Save a checkpoint every N global steps (and at the end).")
-  flags.DEFINE_integer("max_to_keep", d.max_to_keep, "Checkpoints to keep (>= 1).")
-  flags.DEFINE_integer("max_steps", None,
-                       "Stop after this global step, with a checkpoint there.")
-  flags.DEFINE_integer("chunk_steps", d.chunk_steps,
-                       "Steps per compiled scan chunk (speed only; never the bits).")
-  flags.DEFINE_boolean("progress", d.progress, "Show a progress bar.")
-  flags.DEFINE_boolean("strict", d.strict, "Refuse to resume a checkpoint written with "
-                       "other package versions or on another platform (default: warn).")
-  flags.DEFINE_integer("validation_examples", d.validation_examples,
-                       "Hold out the last N training examples as a static validation set.")
-  flags.DEFINE_integer("eval_every", d.eval_every, "Also evaluate every N steps (validation "
-                       "is evaluated at each epoch end anyway).")
-  flags.DEFINE_enum("monitor", d.monitor, list(MONITORS),
-                    "What early stopping, plateau and the kept best checkpoint look at.")
-  flags.DEFINE_integer("patience", d.patience,
-                       "Stop after N evaluations without improvement (0: never).")
-  flags.DEFINE_enum("schedule", d.schedule, list(SCHEDULES), "Learning-rate schedule.")
-  flags.DEFINE_integer("warmup_steps", d.warmup_steps, "Warmup steps of warmup_cosine.")
-  flags.DEFINE_integer("plateau_patience", d.plateau_patience,
-                       "Evaluations without improvement before plateau decays the rate.")
-  flags.DEFINE_float("plateau_factor", d.plateau_factor, "Plateau decay factor.")
-  flags.DEFINE_float("dropout", d.dropout, "Dropout rate after the 256-unit layer.")
-  flags.DEFINE_integer("devices", d.devices, "Train data-parallel on the first N devices "
-                       "(0: all, of every process). CPU: XLA_FLAGS="
-                       "--xla_force_host_platform_device_count=N makes N.")
-  flags.DEFINE_integer("micro_shards", d.micro_shards, "0: the bits follow the device count. "
-                       "M: topology-invariant mode, the same bits on every device count "
-                       "dividing M (the batch is cut into M micro-shards summed in one order).")
+  """bin/train's flags: one per Config field, --task, --config and the process flags."""
+  hints = typing.get_type_hints(Config)
+  for field in dataclasses.fields(Config):
+    if field.name not in ("task", "task_options"):
+      _define_config_flag(field, hints[field.name])
+  try:  # without --task=, ml_collections resolves --task.<option> flags here already
+    config_flags.DEFINE_config_dataclass(
+        "task", _task_options(DEFAULT_TASK),
+        "The task, as package.module:attr (a repro.Task class, instance or factory); default "
+        f"{DEFAULT_TASK}. Its options are set with --task.<option>=value and recorded in "
+        "config.json.", parse_fn=_task_options)
+  except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as err:
+    _exit_bad_task_flag(sys.argv, err)
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0 of a multi-process "
                       "run (jax.distributed); default $JAX_COORDINATOR_ADDRESS.")
   flags.DEFINE_integer("num_processes", None, "Processes of a multi-process run.")
   flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
   flags.DEFINE_string("config", None, "A JSON config (as written to <output>/config.json); "
                       "flags given explicitly override it.")
+
+
+def _exit_bad_task_flag(argv: list[str], err: Exception) -> None:
+  """One line for a bad --task or --task.<option>, naming the task's options; exit 2."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith(("--task=", "-task="))),
+              DEFAULT_TASK)
+  try:
+    known = sorted(f.name for f in dataclasses.fields(_task_options(spec)))
+  except ValueError as bad_task:
+    print(f"error: {bad_task}", file=sys.stderr)
+    sys.exit(EXIT_BAD_INPUT)
+  given = [a.lstrip("-").split("=")[0].split(".", 1)[1] for a in argv
+           if a.lstrip("-").startswith(("task.", "notask."))]
+  unknown = sorted({g.split(".")[0] for g in given} - set(known))
+  what = (f"task {spec} has no option {', '.join(unknown)}" if unknown
+          else " ".join(str(err).split()))
+  print(f"error: {what}; its options: {', '.join(known) or 'none'} (--task.<option>=value)",
+        file=sys.stderr)
+  sys.exit(EXIT_BAD_INPUT)
 
 
 def parse_flags_or_exit(argv: list[str], positional: int = 0) -> list[str]:
@@ -84,8 +118,10 @@ def parse_flags_or_exit(argv: list[str], positional: int = 0) -> list[str]:
                 for a in argv[1:])
     sys.exit(0 if asked and stop.code == 1 else stop.code)
   except flags.Error as err:
-    print(f"error: {err} (see --helpfull)", file=sys.stderr)
+    print(f"error: {' '.join(str(err).split())} (see --helpfull)", file=sys.stderr)
     sys.exit(EXIT_BAD_INPUT)
+  except (KeyError, AttributeError) as err:  # ml_collections: --task.<no such option>
+    _exit_bad_task_flag(argv, err)
   if positional == -1 and len(rest) < 2:
     print("error: expected at least one argument (see --helpfull)", file=sys.stderr)
     sys.exit(EXIT_BAD_INPUT)
@@ -101,22 +137,35 @@ def parse_flags_or_exit(argv: list[str], positional: int = 0) -> list[str]:
 
 
 def config_from_flags() -> Config:
-  """--config's JSON (or the defaults), overridden by the flags given explicitly."""
-  names = [f.name for f in dataclasses.fields(Config)]
-  base = Config()
-  if FLAGS.config:
-    path = Path(FLAGS.config).expanduser()
-    try:
-      values = json.loads(path.read_text())
-    except OSError as err:
-      raise ReproError(f"cannot read --config {path} ({err.strerror}): pass a JSON file") from None
-    except json.JSONDecodeError as err:
-      raise ReproError(f"--config {path} is not valid JSON ({err.msg} at line {err.lineno}): "
-                       f"fix the file") from None
-    if not isinstance(values, dict):
-      raise ReproError(f"--config {path} must hold a JSON object of config fields")
-    base = Config.from_dict(values)
-  return base.replace(**{name: FLAGS[name].value for name in names if FLAGS[name].present})
+  """--config's JSON (or the defaults), overridden by the flags given explicitly.
+
+  --task=spec replaces the task (and drops the JSON's options for another
+  task); --task.<option>=value overrides one option.
+  """
+  names = [f.name for f in dataclasses.fields(Config) if f.name not in ("task", "task_options")]
+  base = _json_config(FLAGS.config) if FLAGS.config else Config()
+  changes = {name: FLAGS[name].value for name in names if FLAGS[name].present}
+  task_flag = FLAGS["task"]
+  spec = task_flag.config_filename if isinstance(task_flag.config_filename, str) else DEFAULT_TASK
+  options = dict(base.task_options) if (not task_flag.present or spec == base.task) else {}
+  options.update(task_flag.override_values)
+  if task_flag.present:
+    changes["task"] = spec
+  return base.replace(**changes, task_options=options)
+
+
+def _json_config(path_text: str) -> Config:
+  path = Path(path_text).expanduser()
+  try:
+    values = json.loads(path.read_text())
+  except OSError as err:
+    raise ReproError(f"cannot read --config {path} ({err.strerror}): pass a JSON file") from None
+  except json.JSONDecodeError as err:
+    raise ReproError(f"--config {path} is not valid JSON ({err.msg} at line {err.lineno}): "
+                     f"fix the file") from None
+  if not isinstance(values, dict):
+    raise ReproError(f"--config {path} must hold a JSON object of config fields")
+  return Config.from_dict(values)
 
 
 def _drop_stdout() -> None:
@@ -128,11 +177,11 @@ def _one_line_errors(main):
   """A binary's main: quiet absl logging, and a ReproError becomes one line and exit 2."""
 
   @functools.wraps(main)
-  def wrapped(argv: list[str]) -> int:
+  def wrapped(argv: list[str], **kwargs) -> int:
     if not FLAGS["verbosity"].present:  # Orbax logs every save at INFO; -v 0 shows it
       logging.set_verbosity(logging.WARNING)
     try:
-      return main(argv)
+      return main(argv, **kwargs)
     except ReproError as err:
       print(f"error: {err}", file=sys.stderr)
       return EXIT_BAD_INPUT
@@ -144,7 +193,11 @@ def _one_line_errors(main):
 
 
 @_one_line_errors
-def train_main(argv: list[str]) -> int:
+def train_main(argv: list[str], components=()) -> int:
+  """bin/train: 0 done, 2 bad input, 75 stopped with a checkpoint (rerun to resume).
+
+  components: extra repro.loop.Components (tests add fault injection here).
+  """
   del argv
   config = config_from_flags().validate()
   from repro import parallel  # imports jax: after the flags are known to be good
@@ -153,7 +206,7 @@ def train_main(argv: list[str]) -> int:
     parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   from repro.run import run
   try:
-    result = run(config)
+    result = run(config, components=components)
   except PeerLost as err:
     print(f"error: {err}", file=sys.stderr, flush=True)
     sys.stdout.flush()
@@ -164,12 +217,12 @@ def train_main(argv: list[str]) -> int:
     print(f"stopped: {result.stopped_by} at step {result.step}; checkpoint "
           f"{result.checkpoint or 'none (nothing trained yet)'}; rerun the same command to resume")
     return EXIT_STOPPED
+  tests = "".join(f", test {name[5:]} {value:.4f}" for name, value in sorted(result.test.items()))
   if not result.already_complete:
-    print(f"done: step {result.step}, loss {result.loss:.4f}, test accuracy "
-          f"{result.test_accuracy:.4f}; checkpoint {result.checkpoint}")
+    print(f"done: step {result.step}, loss {result.loss:.4f}{tests}; checkpoint "
+          f"{result.checkpoint}")
   else:
-    print(f"done: step {result.step} (already complete), test accuracy "
-          f"{result.test_accuracy:.4f}; checkpoint {result.checkpoint}")
+    print(f"done: step {result.step} (already complete){tests}; checkpoint {result.checkpoint}")
   return 0
 
 

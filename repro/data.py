@@ -6,8 +6,8 @@ files of the dataset from a local directory (Debian's dataset-fashion-mnist
 puts Fashion-MNIST in /usr/share/datasets/fashion-mnist) and prepares it once
 in the TFDS data directory, under a builder config named by the sha256 of the
 source files, so other files never reuse a stale copy. The decoded arrays are
-cached beside the prepared copy, and every load records a sha256 fingerprint
-of the arrays themselves.
+cached beside the prepared copy; repro.splits fingerprints the arrays
+themselves for every run.
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ DEFAULT_DATA_DIRS = {
 }
 INSTALL_HINT = {
     "fashion_mnist": "install it with 'apt-get install -y dataset-fashion-mnist' or pass "
-                     "--data_dir=DIR holding the four IDX files",
-    "mnist": "no Debian package ships MNIST: pass --data_dir=DIR holding "
+                     "--task.data_dir=DIR holding the four IDX files",
+    "mnist": "no Debian package ships MNIST: pass --task.data_dir=DIR holding "
              "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte "
              "and t10k-labels-idx1-ubyte (each may end in .gz)",
 }
+DATASETS = tuple(DEFAULT_DATA_DIRS)
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
@@ -56,16 +57,6 @@ class Dataset:
   test_images: np.ndarray
   test_labels: np.ndarray
   source: str
-  fingerprint: dict[str, str]
-
-
-def fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
-  """sha256 over the shapes, dtypes and bytes of an (images, labels) pair."""
-  digest = hashlib.sha256()
-  for array in (images, labels):
-    digest.update(f"{array.dtype.str}{array.shape}".encode())
-    digest.update(np.ascontiguousarray(array).tobytes())
-  return digest.hexdigest()
 
 
 def find_idx_files(data_dir: Path, dataset: str) -> dict[str, Path]:
@@ -213,7 +204,7 @@ def load(dataset: str, data_dir: str | None = None, tfds_dir: str | None = None,
     log: where to say that a first preparation is happening.
 
   Returns:
-    A Dataset with a sha256 fingerprint of its train and test arrays.
+    A Dataset of its train and test arrays.
   """
   if dataset not in DEFAULT_DATA_DIRS:
     raise ReproError(f"unknown dataset {dataset!r}: use one of {sorted(DEFAULT_DATA_DIRS)}")
@@ -230,9 +221,9 @@ def load(dataset: str, data_dir: str | None = None, tfds_dir: str | None = None,
       root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
       raise ReproError(f"cannot create the TFDS directory {root} ({err.strerror}): "
-                       f"pass --tfds_dir=DIR on a writable disk") from None
+                       f"pass --task.tfds_dir=DIR on a writable disk") from None
     if not os.access(root, os.W_OK):
-      raise ReproError(f"TFDS directory {root} is not writable: pass --tfds_dir=DIR")
+      raise ReproError(f"TFDS directory {root} is not writable: pass --task.tfds_dir=DIR")
     log(f"preparing {dataset} from {source} with tensorflow_datasets into {root} (once)")
     _prepare_with_tfds(dataset, source, root, config_name, cache)
   try:
@@ -245,6 +236,4 @@ def load(dataset: str, data_dir: str | None = None, tfds_dir: str | None = None,
       name=dataset,
       train_images=train_images, train_labels=train_labels,
       test_images=test_images, test_labels=test_labels,
-      source=str(source),
-      fingerprint={"train": fingerprint(train_images, train_labels),
-                   "test": fingerprint(test_images, test_labels)})
+      source=str(source))

@@ -17,14 +17,23 @@ def _key_name(entry) -> str:
   return str(entry)
 
 
-def named_leaves(tree) -> dict[str, np.ndarray]:
+def named_leaves(tree, to_host: bool = True) -> dict:
   """{'model/conv1/kernel': array, ...}: the leaves of a pytree as host arrays.
 
   Integer and string keys name the same leaf ('0' == 0), so a pure dict and its
   Orbax round trip (which turns int keys into strings) give the same names.
+  PRNG keys become their key data. to_host=False leaves the leaves as they are
+  (arrays, shapes or Orbax metadata).
   """
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {"/".join(_key_name(e) for e in path): parallel.to_host(leaf) for path, leaf in flat}
+  convert = _host if to_host else (lambda leaf: leaf)
+  return {"/".join(_key_name(e) for e in path): convert(leaf) for path, leaf in flat}
+
+
+def _host(leaf) -> np.ndarray:
+  if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+    leaf = jax.random.key_data(leaf)
+  return parallel.to_host(leaf)
 
 
 def leaf_digest(array: np.ndarray) -> str:

@@ -17,3 +17,9 @@ class PeerLost(Exception):
   without waiting for jax.distributed's shutdown barrier, which would wait for
   the dead process's heartbeat timeout and then abort.
   """
+
+
+def one_line(err: BaseException) -> str:
+  """'Type: message' of an exception on one line (for errors in a user's code)."""
+  text = " ".join(str(err).split())
+  return f"{type(err).__name__}: {text[:200]}" if text else type(err).__name__

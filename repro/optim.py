@@ -1,4 +1,4 @@
-"""The optimizer: Adam with the configured learning-rate schedule.
+"""The optimizer: the task's optax transformation (Adam by default) with repro's schedule.
 
 constant, cosine and warmup_cosine are functions of Adam's own step count,
 which lives in the optimizer state, so they resume with it. plateau keeps the
@@ -9,6 +9,8 @@ checkpointed with the cursor.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import optax
 
 from repro.config import Config
@@ -16,18 +18,24 @@ from repro.config import Config
 PLATEAU_PATH = ("optimizer", "opt_state", "hyperparams", "learning_rate")
 
 
-def make_tx(config: Config, total_steps: int) -> optax.GradientTransformation:
-  """Adam with config.schedule over a run of total_steps steps."""
+def make_tx(config: Config, total_steps: int,
+            factory: Callable[..., optax.GradientTransformation] = optax.adam
+            ) -> optax.GradientTransformation:
+  """factory(learning_rate) with config.schedule over a run of total_steps steps.
+
+  factory is the task's optimizer (Task.optimizer); for 'plateau' it is
+  wrapped in optax.inject_hyperparams, so it must take `learning_rate` by name.
+  """
   lr = config.learning_rate
   if config.schedule == "constant":
-    return optax.adam(lr)  # a plain float: the reference bits
+    return factory(lr)  # a plain float: the reference bits
   if config.schedule == "cosine":
-    return optax.adam(optax.cosine_decay_schedule(lr, decay_steps=total_steps))
+    return factory(optax.cosine_decay_schedule(lr, decay_steps=total_steps))
   if config.schedule == "warmup_cosine":
-    return optax.adam(optax.warmup_cosine_decay_schedule(
+    return factory(optax.warmup_cosine_decay_schedule(
         0.0, lr, warmup_steps=config.warmup_steps,
         decay_steps=max(total_steps, config.warmup_steps + 1)))
-  return optax.inject_hyperparams(optax.adam)(learning_rate=lr)  # plateau
+  return optax.inject_hyperparams(factory)(learning_rate=lr)  # plateau
 
 
 def learning_rate(config: Config, total_steps: int, step: int, plateau_lr: float | None) -> float:

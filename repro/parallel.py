@@ -117,6 +117,11 @@ def to_host(x) -> np.ndarray:
   return np.asarray(x)
 
 
+def to_host_tree(tree):
+  """to_host of every leaf of a pytree (one transfer per leaf)."""
+  return jax.tree.map(to_host, tree)
+
+
 def from_primary(values: np.ndarray) -> np.ndarray:
   """Process 0's `values` in every process (every process must call this together).
 

@@ -1,52 +1,53 @@
-"""run(config) -> Result: resume or initialise, train chunk by chunk, checkpoint, evaluate.
+"""run(config, task) -> Result: resume or initialise, then train chunk by chunk.
 
-All file and process I/O of a run lives here: the output directory, its lock,
-checkpoints, signals, progress and the metrics log. The numerics are in
-repro.train.
+The edges of a run live here: the task and its data, the output directory
+and its lock, the restore, the components that act between chunks
+(repro.components) and the Result. The loop is repro.loop; the numerics,
+which touch no file, are repro.train.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import os
 import re
-import signal
-import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
 from flax import nnx
-from tqdm import tqdm
 
 from repro import checkpoint
+from repro import components as parts
 from repro import control as control_lib
-from repro import data as data_lib
 from repro import digest
 from repro import environment
+from repro import identity as identity_lib
 from repro import lock as lock_lib
+from repro import loop
 from repro import metrics
-from repro import model as model_lib
-from repro import optim
 from repro import parallel
+from repro import resume
 from repro import rng
 from repro import shuffle
+from repro import splits as splits_lib
+from repro import state as state_lib
+from repro import task as task_lib
 from repro import train
-from repro.config import IDENTITY_DEFAULTS, Config
+from repro.config import Config
 from repro.errors import PeerLost, ReproError
 from repro.stop import StopRequests
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: tasks (the data section describes any task's splits)
 # What a run directory may hold; anything else means --output points at
 # somebody else's files, which a run must not mix itself into.
 _OURS = re.compile(r"^(\d+|\d+\.orbax-checkpoint-tmp.*|corrupt-\d+(-\d+)?|config\.json|"
                    r"(metrics|trace|events)\.jsonl(\.tmp)?|tensorboard|\.repro\.lock)$")
-# Test-only fault injection (tests/test_faults.py): "kill_after_chunk:<step>"
-# SIGKILLs the process once a chunk ends at <step>; "kill_in_save:<step>" does
-# so right after the save of <step> has started writing in the background.
-_FAULT = os.environ.get("REPRO_FAULT", "")
+# Names an option of a task may not take: they would mix with repro's own
+# fields in the identity.
+_RESERVED = {f.name for f in dataclasses.fields(Config)} | {
+    "architecture", "shuffle", "rng_streams", "data_fingerprint", "module_rngs"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,9 +57,8 @@ class Result:
   Attributes:
     step: global steps completed (the cursor).
     loss: training loss of the last step.
-    test_accuracy: accuracy on the test split of the final state (NaN when
-      the run was stopped by a signal before its target).
-    test_loss: mean loss on the test split (NaN likewise).
+    test: every test metric of the final state ('test_loss', ...), empty when
+      the task has no test split or a signal stopped the run early.
     output: the run directory.
     checkpoint: the directory of the last checkpoint step.
     digest: sha256 over every leaf of that checkpoint's state (repro.digest).
@@ -75,8 +75,7 @@ class Result:
 
   step: int
   loss: float
-  test_accuracy: float
-  test_loss: float
+  test: dict
   output: str
   checkpoint: str
   digest: str
@@ -87,10 +86,38 @@ class Result:
   best_step: int | None = None
   best_value: float | None = None
 
+  @property
+  def test_accuracy(self) -> float:
+    return self.test.get("test_accuracy", float("nan"))
 
-def _check_output(config: Config) -> Path:
+  @property
+  def test_loss(self) -> float:
+    return self.test.get("test_loss", float("nan"))
+
+
+def resolve(config: Config, task: task_lib.Task | None = None) -> tuple[Config, task_lib.Task]:
+  """The validated config and its task; config.task/task_options then describe the task.
+
+  Without `task`, config.task ('package.module:attr') is imported and given
+  config.task_options. With one, the config records its spec and options.
+  """
+  config.validate()
+  if task is None:
+    task = task_lib.with_options(task_lib.resolve(config.task), config.task_options, config.task)
+  elif not isinstance(task, task_lib.Task):
+    raise ReproError(f"task must be a repro.Task, got {type(task).__name__}")
+  else:
+    config = config.replace(task=task_lib.spec_of(task))
+  clash = sorted(set(task.options()) & _RESERVED)
+  if clash:
+    raise ReproError(f"task {task_lib.task_name(task)}: option(s) {', '.join(clash)} would "
+                     f"mix with repro's own settings: rename them")
+  return config.replace(task_options=task.options()), task
+
+
+def _check_output(config: Config, task: task_lib.Task) -> Path:
   """The absolute output path, refused if unusable; nothing is created here."""
-  output = Path(config.output or config.default_output()).expanduser().absolute()
+  output = Path(config.output or identity_lib.default_output(config, task)).expanduser().absolute()
   if output.exists():
     if not output.is_dir():
       raise ReproError(f"--output {output} is a file, not a directory: pass a directory path")
@@ -113,151 +140,48 @@ def _check_output(config: Config) -> Path:
   return output
 
 
-def _cursor(step: int, spe: int, num_train: int, batch_size: int) -> dict:
-  epoch, within = divmod(step, spe)
-  return {"step": step, "epoch": epoch, "step_in_epoch": within, "steps_per_epoch": spe,
-          "num_train_examples": num_train, "batch_size": batch_size, "shuffle": shuffle.SCHEME}
+def _prepare_data(task: task_lib.Task, config: Config, primary: bool) -> splits_lib.Prepared:
+  """The task's splits, checked, with the validation examples held out.
 
-
-def _identity(config: Config, dataset: data_lib.Dataset) -> dict:
-  """Everything a checkpoint must agree on to be resumed bit for bit."""
-  return {**config.identity_fields(), "architecture": model_lib.ARCHITECTURE,
-          "shuffle": shuffle.SCHEME, "rng_streams": rng.STREAMS,
-          "data_fingerprint": dataset.fingerprint}
-
-
-def _check_compatible(output: Path, step: int, manifest: dict, expected: dict) -> None:
-  found = {**IDENTITY_DEFAULTS, **manifest.get("identity", {})}
-  expected = {**IDENTITY_DEFAULTS, **expected}
-  diffs = [f"  {key}: checkpoint {found.get(key)!r}, requested {value!r}"
-           for key, value in expected.items() if found.get(key) != value]
-  if diffs:
-    raise ReproError(
-        f"cannot resume {output} (step {step}): it was trained with other settings that "
-        f"change the bits:\n" + "\n".join(diffs) +
-        "\nrerun with the checkpoint's settings, or pass a new --output")
-
-
-def _check_environment(step: int, manifest: dict, now: dict, strict: bool, log,
-                       topology_invariant: bool = False) -> None:
-  """Warns (or with strict refuses) where versions or platform differ from the checkpoint's.
-
-  The number of devices, and how they are spread over processes (psum over
-  gloo rounds otherwise than within one process: measured), decide the bits
-  unless the run is topology-invariant (micro_shards); checkpoints from before
-  these were recorded used one device in one process.
+  The primary process loads first (a task may prepare a cache, such as a TFDS
+  copy), then the others read what it prepared.
   """
-  saved = manifest.get("environment", {})
-  platform_keys = ("system", "machine", "backend", "device_kind", "cpu_features",
-                   "cpus_visible", "jax_threefry_partitionable", "jax_default_prng_impl",
-                   "xla_flags") + (() if topology_invariant else ("devices_used", "process_count"))
-  defaults = {"devices_used": 1, "process_count": 1}
-  diffs = []
-  for section, keys in (("versions", environment.PACKAGES + ("python",)),
-                        ("platform", platform_keys)):
-    for key in keys:
-      if key == "repro":
-        continue
-      old = saved.get(section, {}).get(key, defaults.get(key))
-      new = now[section].get(key)
-      if key == "xla_flags":
-        old, new = environment.bit_flags(old or ""), environment.bit_flags(new or "")
-      if old != new:
-        diffs.append(f"{key} {old!r} -> {new!r}")
-  if not diffs:
-    return
-  message = (f"checkpoint step {step} was written with {', '.join(diffs)}: the resumed run "
-             f"may not be bitwise equal to an uninterrupted one")
-  if strict:
-    raise ReproError(message + " (--strict); rerun in the checkpoint's environment")
-  log("warning: " + message + " (--strict makes this an error)")
+  if not primary:
+    parallel.barrier("repro-data")
+  given = task_lib.guarded("data()", task, task.data)
+  if primary:
+    parallel.barrier("repro-data")
+  prepared = splits_lib.prepare(given, task_lib.task_name(task), config.validation_examples,
+                                config.batch_size)
+  needs = config.needs_validation()
+  if needs and prepared.validation is None:
+    raise ReproError(f"{needs} needs a validation set: pass --validation_examples=N")
+  return prepared
 
 
-def _restore_latest(store: checkpoint.Store, output: Path, template: dict, identity: dict,
-                    env: dict, config: Config, log):
-  """The newest intact checkpoint as (restored, step), or None; bad steps are set aside.
-
-  The manifest is read and checked before any array is touched, so an
-  incompatible run is refused with its differing fields. A step whose items
-  cannot be read, or whose arrays do not match the checksums in its manifest,
-  is renamed to corrupt-<step>, reported, and the next older one is tried.
-  """
-  for step in sorted(store.all_steps(), reverse=True):
-    try:
-      manifest = store.read_json(step, "manifest")
-      cursor = store.read_json(step, "cursor")
-    except Exception as err:  # Orbax raises many types for a broken item
-      problem = f"its manifest or cursor is unreadable ({type(err).__name__})"
-    else:
-      _check_compatible(output, step, manifest, identity)
-      try:
-        restored = store.restore(step, template)
-      except Exception as err:
-        problem = f"its state is unreadable ({type(err).__name__}: {str(err)[:120]})"
-      else:
-        expected = manifest.get("leaf_digests", {})
-        found = digest.leaf_digests(restored.state)
-        bad = sorted(set(expected) ^ set(found) | {k for k in found if expected.get(k) != found[k]})
-        if not bad and expected and cursor.get("step") == step:
-          _check_environment(step, manifest, env, config.strict, log,
-                             topology_invariant=bool(config.micro_shards))
-          return restored, step
-        if not expected:
-          problem = "its manifest carries no checksums"
-        elif bad:
-          problem = f"checksum mismatch in {', '.join(bad[:3])}"
-        else:
-          problem = f"its cursor says step {cursor.get('step')}"
-    aside = store.set_aside(step)
-    log(f"WARNING: checkpoint {output / str(step)} is corrupt ({problem}); moved it to "
-        f"{aside.name} and falling back to the previous checkpoint")
-  return None
-
-
-def _hex(fingerprint) -> str:
-  return f"{int(parallel.to_host(fingerprint)):08x}"
-
-
-def _fault(kind: str, step: int) -> None:
-  if _FAULT == f"{kind}:{step}":
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def run(config: Config, *, log: Callable[[str], None] = print) -> Result:
-  """Trains `config` to its target step, resuming from `config.output` if it holds a run.
+def run(config: Config, task: task_lib.Task | None = None, *,
+        log: Callable[[str], None] = print,
+        components: Sequence[loop.Component] = ()) -> Result:
+  """Trains `task` under `config` to its target step, resuming `config.output` if it holds a run.
 
   Args:
     config: the run; validated first (ReproError on bad values).
-    log: receives one line per event (data preparation, resume, checkpoint,
-      warnings).
+    task: a repro.Task; None means config.task with config.task_options.
+    log: receives one line per event (resume, checkpoint warnings, early stop).
+    components: extra repro.loop.Components; they act after repro's own at
+      every chunk boundary.
 
   Returns:
     The Result of the final state, bitwise identical whatever interruptions
     the run went through. SIGTERM or SIGINT during the run stop it at the next
     chunk boundary with a checkpoint (Result.stopped_by says which).
   """
-  config.validate()
+  config, task = resolve(config, task)
   mesh = parallel.make_mesh(config.devices, config.micro_shards, config.batch_size)
   primary = parallel.is_primary()
-  if not primary:  # one process speaks, writes logs and holds the lock
-    log = lambda _: None
-  output = _check_output(config)
-  if not primary:  # the primary prepares the TFDS copy alone, then the others read it
-    parallel.barrier("repro-data")
-  dataset = data_lib.load(config.dataset, config.data_dir, config.tfds_dir, log=log)
-  if primary:
-    parallel.barrier("repro-data")
-  train_size = len(dataset.train_labels) - config.validation_examples
-  if train_size < config.batch_size:
-    what = (f"{len(dataset.train_labels)} training examples less --validation_examples="
-            f"{config.validation_examples} leave {max(train_size, 0)}"
-            if config.validation_examples else f"the {train_size} training examples")
-    raise ReproError(f"--batch_size={config.batch_size} is larger than {what} of "
-                     f"{dataset.name}: pass a smaller --batch_size"
-                     + (" or --validation_examples" if config.validation_examples else ""))
-  spe = shuffle.steps_per_epoch(train_size, config.batch_size)
-  identity = _identity(config, dataset)
-
+  log = log if primary else (lambda _: None)  # one process speaks
+  output = _check_output(config, task)
+  data = _prepare_data(task, config, primary)
   if primary:
     output.mkdir(parents=True, exist_ok=True)
   environment.enable_compilation_cache()
@@ -272,256 +196,183 @@ def run(config: Config, *, log: Callable[[str], None] = print) -> Result:
               f", topology-invariant with {config.micro_shards} micro-shards"
               if config.micro_shards else ""))
     with StopRequests() as stop:
-      try:
-        return _train(config, output, dataset, identity, train_size, spe, mesh, stop, log)
-      except jax.errors.JaxRuntimeError as err:
-        if jax.process_count() == 1:
-          raise
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise PeerLost(
-            f"a process of this {jax.process_count()}-process run failed ({first}); the steps "
-            f"since the last checkpoint in {output} are lost: restart every process to "
-            f"resume") from None
+      return _Run(config, task, output, data, mesh, log).train(stop, list(components))
   finally:
     if run_lock:
       run_lock.release()
 
 
-def _result(output: Path, step_dir: Path | None, manifest: dict, control, **kw) -> Result:
-  m = manifest.get("metrics", {}) if manifest else {}
-  nan = float("nan")
-  return Result(step=kw.pop("step"), loss=m.get("loss", nan),
-                test_accuracy=m.get("test_accuracy", nan), test_loss=m.get("test_loss", nan),
-                output=str(output), checkpoint=str(step_dir) if step_dir else "",
-                digest=manifest.get("state_digest", "") if manifest else "",
-                stopped_early=control.stopped_early, best_step=control.best_step,
-                best_value=control.best, **kw)
+class _Run:
+  """One invocation's training: the built state, its components and its Result."""
 
+  def __init__(self, config: Config, task: task_lib.Task, output: Path,
+               data: splits_lib.Prepared, mesh, log: Callable[[str], None]):
+    self.config, self.task, self.output, self.data, self.mesh = config, task, output, data, mesh
+    self.log, self.primary = log, parallel.is_primary()
+    self.spe = shuffle.steps_per_epoch(splits_lib.size(data.train), config.batch_size)
+    self.total = config.epochs * self.spe
+    self.target = min(self.total, config.max_steps) if config.max_steps else self.total
+    keys = rng.streams(config.seed)
+    self.built = state_lib.build(task, config, keys, self.total, mesh)
+    metric_names = state_lib.check_task(task, self.built, data.train, config.batch_size)
+    if data.validation is not None and config.monitor[4:] not in metric_names:
+      raise ReproError(f"--monitor={config.monitor} is not a metric of task "
+                       f"{task_lib.task_name(task)}: pass one of " +
+                       ", ".join(f"--monitor=val_{m}" for m in metric_names))
+    self.keys = parallel.replicate(keys, mesh)
+    self.settings = control_lib.Settings.of(config, task.higher_is_better)
+    self.identity = identity_lib.of(config, task, data.fingerprints, self.built.module_streams)
+    self.env = environment.describe(devices_used=mesh.size if mesh is not None else 1)
+    self.evaluate_fn = train.make_evaluate(self.built.graphdef, task)
 
-def _train(config: Config, output: Path, dataset: data_lib.Dataset, identity: dict,
-           train_size: int, spe: int, mesh, stop: StopRequests, log) -> Result:
-  total = config.epochs * spe
-  target = min(total, config.max_steps) if config.max_steps else total
-  validating = config.validation_examples > 0
-  keys = rng.streams(config.seed)
-  primary = parallel.is_primary()
-  tx = optim.make_tx(config, total)
-  create = lambda: model_lib.create(keys["params"], tx, config.dropout)
-  objects = create()
-  graphdef, state = nnx.split(objects)
-  if mesh is not None:
-    keys, state = parallel.replicate((keys, state), mesh)
-  _, abstract_state = nnx.split(nnx.eval_shape(create))  # the restore template
-  env = environment.describe(devices_used=mesh.size if mesh is not None else 1)
-  control = control_lib.ControlState.from_json(None, config)
+  def put(self, tree):
+    return parallel.replicate(tree, self.mesh)
 
-  store = checkpoint.Store(output, config.max_to_keep,
-                           best_monitor=config.monitor if validating else None)
-  events = _log_file(output / metrics.EVENTS_FILENAME, None, primary)
-  abandoned = False  # the store is left to die with the process, unfinished saves and all
-  try:
-    step, resumed_from, manifest, saved_step = 0, None, None, None
-    template = parallel.abstract(nnx.to_pure_dict(abstract_state), mesh)
-    found = _restore_latest(store, output, template, identity, env, config, log)
-    if found is not None:
-      restored, saved_step = found
-      nnx.replace_by_pure_dict(abstract_state, restored.state)
-      nnx.update(objects, abstract_state)
-      state = nnx.state(objects)
-      step = resumed_from = int(restored.cursor["step"])
-      control = control_lib.ControlState.from_json(restored.cursor.get("control"), config)
-      manifest = restored.manifest
-      if step >= target or control.stopped_early:
-        why = "stopped early" if control.stopped_early else f"target {target}"
-        log(f"run in {output} is already complete at step {step} ({why}); nothing to do"
-            + ("" if control.stopped_early else ": raise --epochs to train further"))
-        return _result(output, store.step_path(saved_step), manifest, control, step=step,
-                       resumed_from=resumed_from, already_complete=True)
-      epoch, within = divmod(step, spe)
-      log(f"resuming {output} from step {step} (epoch {epoch}, step {within} of {spe})")
-    if primary:
-      (output / "config.json").write_text(config.to_json() + "\n")
-    events.append([{"event": "resume" if resumed_from is not None else "start", "step": step,
-                    "time": _now()}])
+  def evaluate(self, state, split, prefix: str) -> dict[str, float]:
+    """The task's metrics over `split`, as process 0 computed them, prefixed."""
+    means = self.evaluate_fn(state, split)
+    names = sorted(means)
+    values = parallel.from_primary(np.array([parallel.to_host(means[k]) for k in names]))
+    summary = self.task.summarize({k: float(v) for k, v in zip(names, values)})
+    return {prefix + k: float(v) for k, v in summary.items()}
 
-    put = lambda x: parallel.replicate(x, mesh)
-    images = put(dataset.train_images[:train_size])
-    labels = put(dataset.train_labels[:train_size])
-    val_images = dataset.train_images[train_size:]
-    val_labels = dataset.train_labels[train_size:]
-    chunk_args = dict(chunk_steps=config.chunk_steps, num_examples=train_size,
-                      batch_size=config.batch_size, dropout=config.dropout > 0)
-    if mesh is None:
-      train_chunk = train.make_train_chunk(graphdef, **chunk_args)
-    else:
-      train_chunk = train.make_sharded_train_chunk(graphdef, mesh, **chunk_args,
-                                                   micro_shards=config.micro_shards)
-    evaluate = train.make_evaluate(graphdef)
-    log_file = _log_file(output / metrics.FILENAME, step, primary)
-    trace_file = _log_file(output / metrics.TRACE_FILENAME, step, primary)
-    board = _board(output, step) if primary else _Null()
-    if step == 0:  # the initial parameters: where seeds 0 and 1 already differ
-      trace_file.append([{"step": 0, "params": _hex(train.fingerprint(state["model"]))}])
-    loss = float("nan")
-    data_info = {"dataset": dataset.name, "source": dataset.source, "num_train": train_size,
-                 "num_test": len(dataset.test_labels), "fingerprint": dataset.fingerprint,
-                 "validation": {"rule": "the last validation_examples examples of the train "
-                                        "split, in its stored order",
-                                "examples": config.validation_examples,
-                                "fingerprint": data_lib.fingerprint(val_images, val_labels)}}
-    val_images, val_labels = put(val_images), put(val_labels)
-    test_images, test_labels = put(dataset.test_images), put(dataset.test_labels)
-
-    def save(step: int, metrics_now: dict) -> dict:
-      pure = nnx.to_pure_dict(state)
-      manifest = {
-          "format": MANIFEST_FORMAT,
-          "created": _now(),
-          "config": config.to_dict(),
-          "identity": identity,
-          "data": data_info,
-          "environment": env,
-          "metrics": metrics_now,
-          "best": {"monitor": config.monitor, "step": control.best_step, "value": control.best},
-          "leaf_digests": digest.leaf_digests(pure),
-          "state_digest": digest.tree_digest(pure),
-      }
-      cursor = {**_cursor(step, spe, train_size, config.batch_size),
-                "control": control.to_json()}
-      for log_ in (log_file, trace_file):
-        log_.sync()
-      board.flush()
-      validation = {k: v for k, v in metrics_now.items() if k.startswith("val_")}
-      store.save(step, pure, cursor, manifest,
-                 metrics={"step": step, **validation} if validation else None)
-      events.append([{"event": "checkpoint", "step": step, "time": _now()}])
-      _fault("kill_in_save", step)
-      return manifest
-
-    bar = tqdm(total=target, initial=step, unit="step", disable=not (config.progress and primary),
-               desc=f"seed {config.seed}" + (f" (resumed at {step})" if resumed_from else ""),
-               file=sys.stderr, dynamic_ncols=True)
+  def train(self, stop: StopRequests, extra: list[loop.Component]) -> Result:
+    """Resumes or starts, runs the loop, and returns the Result (see run)."""
+    store = checkpoint.Store(self.output, self.config.max_to_keep,
+                             best_monitor=self.config.monitor if self.data.validation else None,
+                             maximize=self.settings.maximize)
+    events = metrics.MetricsLog(self.output / metrics.EVENTS_FILENAME, None) if (
+        self.primary) else None
+    abandoned = False  # the store is left to die with the process, unfinished saves and all
     try:
-      # Every process must take the same branches: a stop asked of any one is
-      # agreed on by all at each chunk boundary (one tiny collective).
-      stopping = parallel.any_process(bool(stop.signal_name))
-      while step < target and not stopping:
-        boundaries = [step + config.chunk_steps, target,
-                      (step // config.checkpoint_every + 1) * config.checkpoint_every]
-        if validating:
-          boundaries.append((step // spe + 1) * spe)
-        if config.eval_every:
-          boundaries.append((step // config.eval_every + 1) * config.eval_every)
-        stop_at = min(boundaries)
-        state, trace = train_chunk(state, images, labels, keys, np.int32(step),
-                                   np.int32(stop_at - step))
-        trace = {k: parallel.to_host(v)[:stop_at - step] for k, v in trace.items()}  # one sync
-        losses = [float(x) for x in trace["loss"]]
-        log_file.append({"step": step + 1 + i, "loss": x} for i, x in enumerate(losses))
-        trace_file.append({"step": step + 1 + i, "loss": losses[i], "batch": _hex(trace["batch"][i]),
-                           "params": _hex(trace["params"][i])} for i in range(len(losses)))
-        for i, x in enumerate(losses):
-          board.add_scalar("train/loss", x, step + 1 + i)
-        loss = losses[-1]
-        bar.set_postfix(loss=f"{loss:.4f}", epoch=stop_at // spe, refresh=False)
-        bar.update(stop_at - step)
-        step = stop_at
-        _fault("kill_after_chunk", step)
-        stopping = parallel.any_process(bool(stop.signal_name))
-        checkpoint_now = step == target or step % config.checkpoint_every == 0 or stopping
-        metrics_now = {"loss": loss}
-        # Evaluations happen at points fixed by the step alone (epoch ends and
-        # eval_every), never at interruptions or checkpoints, so that an
-        # interrupted run observes exactly what an uninterrupted one does.
-        if validating and (step % spe == 0 or
-                           (config.eval_every and step % config.eval_every == 0)):
-          results = _evaluate(evaluate, state, val_images, val_labels, "val_")
-          before, control = control, control_lib.observe(control, config, step, results)
-          if control.lr != before.lr:  # the plateau schedule decays from the next step on
-            pure = nnx.to_pure_dict(state)
-            _set_path(pure, optim.PLATEAU_PATH,
-                      np.float32(control.lr) if mesh is None else put(np.float32(control.lr)))
-            nnx.replace_by_pure_dict(state, pure)
-            log(f"step {step}: no improvement of {config.monitor} in "
-                f"{config.plateau_patience} evaluations; learning rate -> {control.lr:.3g}")
-          lr = optim.learning_rate(config, total, step, control.lr)
-          log_file.append([{"step": step, **results, "lr": lr}])
-          for name, value in {**results, "lr": lr}.items():
-            board.add_scalar(f"val/{name}" if name != "lr" else "train/lr", value, step)
-          metrics_now.update(results)
-          checkpoint_now = checkpoint_now or control_lib.improved(before, control)
-          if control.stopped_early:
-            log(f"early stop at step {step}: no improvement of {config.monitor} in "
-                f"{config.patience} evaluations; best {control.best:.4f} at step "
-                f"{control.best_step}")
-            target = step
-        if step == target:
-          metrics_now.update(_evaluate(evaluate, state, test_images, test_labels, "test_"))
-          checkpoint_now = True
-        if checkpoint_now:
-          manifest = save(step, metrics_now)
-          saved_step = step
-      if stopping:
-        events.append([{"event": "stop", "signal": stop.signal_name or "another process",
-                        "step": step, "time": _now()}])
+      ctx, resumed_from = self._start(store, events)
+      if ctx.step >= ctx.target or ctx.control.stopped_early:
+        return self._result(ctx, store, resumed_from, already_complete=True)
+      self._loop(ctx, store, events, stop, extra)
+      store.wait()
+    except jax.errors.JaxRuntimeError as err:
+      if jax.process_count() == 1:
+        raise
+      abandoned = True  # a peer died: the store's barriers would wait for it
+      raise _peer_lost(err, self.output) from None
     finally:
-      bar.close()
-      for log_ in (log_file, trace_file):
-        log_.close()
-      board.close()
-    store.wait()
-  except jax.errors.JaxRuntimeError:
-    if jax.process_count() > 1:  # a peer died: the store's barriers would wait for it
-      abandoned = True
-    raise
-  finally:
-    events.close()
-    if not abandoned:
-      store.close()
-  stopped_by = stop.signal_name or ("a stop in another process" if stopping else None)
-  if manifest is None:  # stopped before the first step of a fresh run
-    log(f"stopped by {stopped_by} before the first step; nothing was saved")
-    return _result(output, None, {}, control, step=0, resumed_from=None,
-                   already_complete=False, stopped_by=stopped_by)
-  checkpoint_dir = store.step_path(saved_step)
-  if step < target:
-    log(f"stopped by {stopped_by} at step {step}; checkpoint saved to {checkpoint_dir}; "
-        f"rerun the same command to resume")
-  return _result(output, checkpoint_dir, manifest, control, step=step,
-                 resumed_from=resumed_from, already_complete=False,
-                 stopped_by=stopped_by if step < target else None)
+      if events is not None:
+        events.close()
+      if not abandoned:
+        store.close()
+    return self._result(ctx, store, resumed_from)
+
+  def _start(self, store: checkpoint.Store, events) -> tuple[loop.Context, int | None]:
+    """The context to train from: the newest intact checkpoint's, or a fresh one."""
+    control = control_lib.ControlState.from_json(None, self.settings)
+    ctx = loop.Context(step=0, target=self.target, state=self.built.state, control=control)
+    found = resume.latest(store, self.output, self.built.template, self.identity, self.env,
+                          self.config.strict, bool(self.config.micro_shards), self.log)
+    if found is not None:
+      restored, ctx.saved_step = found
+      ctx.state = state_lib.restore(self.built, restored.state)
+      ctx.step = int(restored.cursor["step"])
+      ctx.control = control_lib.ControlState.from_json(restored.cursor.get("control"),
+                                                       self.settings)
+      ctx.manifest = restored.manifest
+      if ctx.step >= self.target or ctx.control.stopped_early:
+        why = "stopped early" if ctx.control.stopped_early else f"target {self.target}"
+        self.log(f"run in {self.output} is already complete at step {ctx.step} ({why}); nothing "
+                 f"to do" + ("" if ctx.control.stopped_early else ": raise --epochs to train "
+                             "further"))
+        return ctx, ctx.step
+      epoch, within = divmod(ctx.step, self.spe)
+      self.log(f"resuming {self.output} from step {ctx.step} (epoch {epoch}, step {within} of "
+               f"{self.spe})")
+    if self.primary:
+      (self.output / "config.json").write_text(self.config.to_json() + "\n")
+      events.append([{"event": "resume" if found else "start", "step": ctx.step,
+                      "time": parts.now()}])
+    return ctx, (ctx.step if found else None)
+
+  def _loop(self, ctx: loop.Context, store, events, stop: StopRequests,
+            extra: list[loop.Component]) -> None:
+    signals = parts.StopOnSignal(stop)
+    components = self._components(ctx, store, events, signals) + extra
+    try:
+      ctx.stop = signals.poll()
+      loop.train(ctx, self._chunk(), components, self.config.chunk_steps)
+      if ctx.stop and events is not None:
+        events.append([{"event": "stop", "signal": ctx.stop, "step": ctx.step,
+                        "time": parts.now()}])
+    finally:
+      for component in components:
+        component.close()
+
+  def _chunk(self) -> Callable:
+    """chunk(state, first_step, num_steps) -> (state, trace) over the device-resident data."""
+    fn = train.make_train_chunk(
+        self.built.graphdef, self.task, chunk_steps=self.config.chunk_steps,
+        num_examples=splits_lib.size(self.data.train), batch_size=self.config.batch_size,
+        mesh=self.mesh, micro_shards=self.config.micro_shards)
+    data, keys = self.put(self.data.train), self.keys
+    return lambda state, step, n: fn(state, data, keys, np.int32(step), np.int32(n))
+
+  def _components(self, ctx: loop.Context, store, events, signals) -> list[loop.Component]:
+    """repro's own components, in the order they act (see repro.components)."""
+    config, step = self.config, ctx.step
+    found = [signals]
+    if self.data.validation is not None:
+      found.append(parts.Validation(self.evaluate, self.put(self.data.validation), config,
+                                    self.settings, self.spe, self.total, self.put, self.log))
+    test = self.put(self.data.test) if self.data.test is not None else None
+    found.append(parts.FinalTest(self.evaluate, test))
+    syncs = []
+    if self.primary:
+      initial = lambda: train.fingerprint(ctx.state["model"])
+      logs, board = parts.Logs(self.output, step, initial), parts.TensorBoard(self.output, step)
+      found += [logs, board]
+      syncs = [logs.sync, board.sync]
+    found.append(parts.Checkpointer(store, config.checkpoint_every, self._describe, syncs,
+                                    events))
+    if self.primary:
+      found.append(parts.Progress(ctx.target, step, self.spe, f"seed {config.seed}",
+                                  config.progress))
+    return found
+
+  def _describe(self, ctx: loop.Context, pure: dict) -> tuple[dict, dict]:
+    """The cursor and the manifest of a checkpoint of ctx.state (whose pure dict is `pure`)."""
+    epoch, within = divmod(ctx.step, self.spe)
+    cursor = {"step": ctx.step, "epoch": epoch, "step_in_epoch": within,
+              "steps_per_epoch": self.spe, "num_train_examples": splits_lib.size(self.data.train),
+              "batch_size": self.config.batch_size, "shuffle": shuffle.SCHEME,
+              "control": ctx.control.to_json()}
+    manifest = {
+        "format": MANIFEST_FORMAT, "created": parts.now(), "config": self.config.to_dict(),
+        "identity": self.identity, "data": self.data.info, "environment": self.env,
+        "metrics": dict(ctx.metrics),
+        "best": {"monitor": self.config.monitor, "step": ctx.control.best_step,
+                 "value": ctx.control.best},
+        "leaf_digests": digest.leaf_digests(pure), "state_digest": digest.tree_digest(pure)}
+    return cursor, manifest
+
+  def _result(self, ctx: loop.Context, store, resumed_from: int | None,
+              already_complete: bool = False) -> Result:
+    manifest = ctx.manifest or {}
+    if not already_complete and ctx.manifest is None:  # stopped before the first step
+      self.log(f"stopped by {ctx.stop} before the first step; nothing was saved")
+    elif not already_complete and ctx.step < ctx.target:
+      self.log(f"stopped by {ctx.stop} at step {ctx.step}; checkpoint saved to "
+               f"{store.step_path(ctx.saved_step)}; rerun the same command to resume")
+    values = manifest.get("metrics", {})
+    return Result(
+        step=ctx.step, loss=values.get("loss", float("nan")),
+        test={k: v for k, v in values.items() if k.startswith("test_")}, output=str(self.output),
+        checkpoint=str(store.step_path(ctx.saved_step)) if ctx.saved_step is not None else "",
+        digest=manifest.get("state_digest", ""), resumed_from=resumed_from,
+        already_complete=already_complete,
+        stopped_by=ctx.stop if ctx.step < ctx.target else None,
+        stopped_early=ctx.control.stopped_early, best_step=ctx.control.best_step,
+        best_value=ctx.control.best)
 
 
-class _Null:
-  """Stands in for the logs and TensorBoard writer in processes other than the primary."""
-
-  def __getattr__(self, name):
-    return lambda *args, **kwargs: None
-
-
-def _log_file(path: Path, step: int | None, primary: bool):
-  return metrics.MetricsLog(path, step) if primary else _Null()
-
-
-def _evaluate(evaluate, state, images, labels, prefix: str) -> dict[str, float]:
-  """{prefix + 'loss', prefix + 'accuracy'}, as process 0 computed them."""
-  accuracy, loss = evaluate(state, images, labels)
-  values = parallel.from_primary(np.array([parallel.to_host(loss), parallel.to_host(accuracy)]))
-  return {f"{prefix}loss": float(values[0]), f"{prefix}accuracy": float(values[1])}
-
-
-def _now() -> str:
-  return datetime.datetime.now(datetime.timezone.utc).isoformat()
-
-
-def _set_path(tree: dict, path: tuple, value) -> None:
-  for key in path[:-1]:
-    tree = tree[key]
-  tree[path[-1]] = value
-
-
-def _board(output: Path, step: int):
-  """A TensorBoard writer; on resume, events past `step` from before are purged."""
-  from tensorboardX import SummaryWriter
-  return SummaryWriter(logdir=str(output / "tensorboard"), purge_step=step + 1 if step else None,
-                       flush_secs=30)
+def _peer_lost(err: Exception, output: Path) -> PeerLost:
+  first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+  return PeerLost(
+      f"a process of this {jax.process_count()}-process run failed ({first}); the steps "
+      f"since the last checkpoint in {output} are lost: restart every process to resume")

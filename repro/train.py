@@ -4,7 +4,20 @@ State is the nnx.State of {'model', 'optimizer'} (a pytree of arrays); the
 graphdef is static. One chunk is one compiled program that scans a fixed number
 of steps and masks the tail, so every run (interrupted or not, whatever its
 checkpoint interval) executes every step with the same program and gets the
-same bits.
+same bits. Nothing here touches a file.
+
+A step is written once. The global batch is cut into shards, each shard's
+loss, gradients and updated non-parameter state (e.g. BatchNorm statistics)
+come from the task's loss, and a reduction combines the shards:
+  Local        one shard, the whole batch, on one device;
+  AcrossDevices one shard per device, averaged with pmean (bits follow the
+               device count);
+  MicroShards  M fixed micro-shards, gathered from every device and summed in
+               the order 0..M-1 (the same bits on every device count dividing M).
+Non-parameter state: floating-point leaves are averaged over the shards (in
+that fixed order with micro-shards); other leaves take shard 0's value. The
+model's RngStreams are reseeded from (seed, step, shard) for the step, and
+from (seed, step) after it.
 """
 
 from __future__ import annotations
@@ -15,13 +28,15 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
+from repro import rng
 from repro import shuffle
+from repro.task import Task, unpack_loss
 
 EVAL_BATCH = 1000
 _GOLDEN = 2654435761  # Knuth's multiplicative hash constant (uint32)
+_OTHER = nnx.Not(nnx.Any(nnx.Param, nnx.RngState))  # non-parameter state a step may update
 
 
 def fingerprint(arrays) -> jax.Array:
@@ -30,10 +45,13 @@ def fingerprint(arrays) -> jax.Array:
   Integer arithmetic wraps modulo 2**32 and is associative, so the result
   does not depend on reduction order: equal bits give equal fingerprints on
   any backend, and a changed bit changes it (up to 2**-32 collisions).
-  Position-weighted, so permuted elements count as a change.
+  Position-weighted, so permuted elements count as a change. PRNG keys count
+  by their key data.
   """
   total = jnp.uint32(0)
   for leaf in jax.tree.leaves(arrays):
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+      leaf = jax.random.key_data(leaf)
     bits = leaf.ravel()
     if bits.dtype.itemsize == 4:
       bits = jax.lax.bitcast_convert_type(bits, jnp.uint32)
@@ -43,179 +61,209 @@ def fingerprint(arrays) -> jax.Array:
   return total
 
 
-def loss_fn(model: nnx.Module, images: jax.Array, labels: jax.Array,
-            dropout_key: jax.Array | None = None) -> jax.Array:
-  logits = model(images, dropout_key)
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+def _shard_fn(task: Task, model_def, params, streams, other) -> Callable:
+  """fn(batch, key) -> (loss, metrics, grads, other state after the forward pass)."""
+
+  def shard(batch, key):
+    def loss_of(params):
+      model = nnx.merge(model_def, params, streams, other, copy=True)
+      rng.reseed(model, key)
+      loss, metrics = unpack_loss(task.loss(model, batch))
+      return loss, (metrics, nnx.state(model, _OTHER))
+
+    (loss, (metrics, updated)), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+    return loss, metrics, grads, updated
+
+  return shard
 
 
-def train_step(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array,
-               labels: jax.Array, dropout_key: jax.Array | None = None
-               ) -> tuple[nnx.State, jax.Array]:
-  """One Adam step on one batch: (state, images, labels) -> (state, loss)."""
-  objects = nnx.merge(graphdef, state)
-  loss, grads = nnx.value_and_grad(loss_fn)(objects["model"], images, labels, dropout_key)
-  objects["optimizer"].update(objects["model"], grads)
-  return nnx.state(objects), loss
+def _gather(data: dict, idx: jax.Array) -> dict:
+  return {name: values[idx] for name, values in data.items()}
 
 
-def make_train_chunk(graphdef: nnx.GraphDef, *, chunk_steps: int, num_examples: int,
-                     batch_size: int, dropout: bool = False) -> Callable:
-  """A jitted fn(state, images, labels, keys, first_step, num_steps) -> (state, trace).
+def _floating(x) -> bool:
+  return jnp.issubdtype(x.dtype, jnp.floating)
 
-  Runs global steps first_step .. first_step + num_steps - 1 (num_steps <=
-  chunk_steps) over the device-resident data; keys holds the 'shuffle' and
-  'dropout' streams, and step s (0-based) draws its dropout mask from
-  fold_in(keys['dropout'], s). trace is {'loss', 'batch', 'params'}, each with
-  chunk_steps entries of which the first num_steps are real: the loss of each
-  step, the fingerprint of its batch indices, and the fingerprint of the model
-  parameters after it.
+
+class Local:
+  """One device, no micro-shards: the whole global batch is one shard."""
+
+  trip = 1
+
+  def __call__(self, shard, data, idx, step_key, trip):
+    return shard(_gather(data, idx), step_key)
+
+
+class AcrossDevices:
+  """Device d trains on slice d of the batch; shards are averaged with pmean."""
+
+  def __init__(self, axis: str, num_devices: int, batch_size: int):
+    self.axis, self.size = axis, batch_size // num_devices
+    self.trip = 1
+
+  def __call__(self, shard, data, idx, step_key, trip):
+    device = jax.lax.axis_index(self.axis)
+    part = jax.lax.dynamic_slice_in_dim(idx, device * self.size, self.size)
+    loss, metrics, grads, other = shard(_gather(data, part), jax.random.fold_in(step_key, device))
+    mean = lambda x: jax.lax.pmean(x, self.axis)
+    first = lambda x: jax.lax.all_gather(x, self.axis)[0]
+    other = jax.tree.map(lambda x: mean(x) if _floating(x) else first(x), other)
+    return mean(loss), jax.tree.map(mean, metrics), jax.tree.map(mean, grads), other
+
+
+class MicroShards:
+  """M fixed micro-shards summed in the order 0..M-1: the same bits on any device count.
+
+  Each device runs its M/D micro-shards through one fori_loop whose trip
+  count is a run-time argument, so XLA compiles the same body for every D.
   """
 
-  @jax.jit
-  def train_chunk(state, images, labels, keys, first_step, num_steps):
-    shuffle_key = keys["shuffle"]
+  def __init__(self, axis: str, num_devices: int, micro_shards: int, batch_size: int):
+    self.axis, self.shards = axis, micro_shards
+    self.size = batch_size // micro_shards
+    self.trip = micro_shards // num_devices
+
+  def __call__(self, shard, data, idx, step_key, trip):
+    device = jax.lax.axis_index(self.axis)
+    first = device * trip
+
+    def body(k, acc):
+      m = first + k
+      part = jax.lax.dynamic_slice_in_dim(idx, m * self.size, self.size)
+      out = shard(_gather(data, part), jax.random.fold_in(step_key, m))
+      return jax.tree.map(lambda buf, x: buf.at[k].set(x), acc, out)
+
+    shapes = jax.eval_shape(lambda: shard(_gather(data, idx[:self.size]), step_key))
+    acc = jax.tree.map(lambda s: jnp.zeros((self.trip,) + s.shape, s.dtype), shapes)
+    acc = jax.lax.all_gather(jax.lax.fori_loop(0, trip, body, acc), self.axis, tiled=True)
+    ordered_mean = lambda x: functools.reduce(jnp.add, [x[m] for m in range(self.shards)]) / (
+        self.shards)
+    loss, metrics, grads, other = acc
+    other = jax.tree.map(lambda x: ordered_mean(x) if _floating(x) else x[0], other)
+    return (ordered_mean(loss), jax.tree.map(ordered_mean, metrics),
+            jax.tree.map(ordered_mean, grads), other)
+
+
+def make_step(graphdef: nnx.GraphDef, task: Task, reduction, keys: dict) -> Callable:
+  """step(state, data, idx, global_step, trip) -> (state, loss, metrics): one optimizer step."""
+
+  def step(state, data, idx, global_step, trip):
+    objects = nnx.merge(graphdef, state)
+    model = objects["model"]
+    model_def, params, streams, other = nnx.split(model, nnx.Param, nnx.RngState, ...)
+    shard = _shard_fn(task, model_def, params, streams, other)
+    step_key = rng.step_key(keys, global_step)
+    loss, metrics, grads, other = reduction(shard, data, idx, step_key, trip)
+    nnx.update(model, other)
+    rng.reseed(model, step_key)
+    objects["optimizer"].update(model, grads)
+    return nnx.state(objects), loss, metrics
+
+  return step
+
+
+def make_train_chunk(graphdef: nnx.GraphDef, task: Task, *, chunk_steps: int,
+                     num_examples: int, batch_size: int, mesh=None,
+                     micro_shards: int = 0) -> Callable:
+  """A jitted fn(state, data, keys, first_step, num_steps) -> (state, trace).
+
+  Runs global steps first_step .. first_step + num_steps - 1 (num_steps <=
+  chunk_steps) over the device-resident `data` (a dict of arrays); keys holds
+  the 'shuffle' and 'dropout' streams. trace is {'loss', 'batch', 'params',
+  'metrics'}, each with chunk_steps entries of which the first num_steps are
+  real: the loss of each step, the fingerprint of its batch indices, the
+  fingerprint of the model state after it, and the loss's own metrics.
+  With a mesh the chunk runs data-parallel over its devices (shard_map).
+  """
+  reduction = _reduction(mesh, micro_shards, batch_size)
+
+  def chunk(state, data, keys, first_step, num_steps, trip):
+    step = make_step(graphdef, task, reduction, keys)
     first_epoch, perms = shuffle.chunk_permutations(
-        shuffle_key, first_step, chunk_steps, num_examples, batch_size)
+        keys["shuffle"], first_step, chunk_steps, num_examples, batch_size)
 
-    def step(state, global_step):
-      idx = shuffle.batch_from_permutations(
-          first_epoch, perms, global_step, num_examples, batch_size)
-      step_key = jax.random.fold_in(keys["dropout"], global_step) if dropout else None
-      state, loss = train_step(graphdef, state, images[idx], labels[idx], step_key)
-      return state, loss, idx
+    def one(state, global_step):
+      idx = shuffle.batch_from_permutations(first_epoch, perms, global_step, num_examples,
+                                            batch_size)
+      state, loss, metrics = step(state, data, idx, global_step, trip)
+      return state, loss, metrics, idx
 
-    return _scan_steps(step, state, first_step, num_steps, chunk_steps)
+    return _scan_steps(one, state, first_step, num_steps, chunk_steps)
 
+  if mesh is None:
+    compiled = jax.jit(chunk)
+  else:
+    replicated = jax.sharding.PartitionSpec()
+    compiled = jax.jit(jax.shard_map(chunk, mesh=mesh, in_specs=replicated,
+                                     out_specs=replicated, check_vma=False))
+
+  def train_chunk(state, data, keys, first_step, num_steps):
+    return compiled(state, data, keys, first_step, num_steps, np.int32(reduction.trip))
+
+  train_chunk.cache_size = compiled._cache_size
   return train_chunk
 
 
+def _reduction(mesh, micro_shards: int, batch_size: int):
+  if mesh is None:
+    return Local()
+  axis = mesh.axis_names[0]
+  if micro_shards:
+    return MicroShards(axis, mesh.shape[axis], micro_shards, batch_size)
+  return AcrossDevices(axis, mesh.shape[axis], batch_size)
+
+
 def _scan_steps(step: Callable, state, first_step, num_steps, chunk_steps: int):
-  """Scans step(state, global_step) -> (state, loss, batch indices) over a chunk.
+  """Scans step(state, global_step) -> (state, loss, metrics, batch indices) over a chunk.
 
   Steps past num_steps are masked (lax.cond), so one program serves every
-  chunk length; the trace holds each step's loss and the fingerprints of its
-  batch and of the parameters after it.
+  chunk length; the trace holds each step's loss and metrics and the
+  fingerprints of its batch and of the model state after it.
   """
 
+  def run(state, global_step):
+    state, loss, metrics, idx = step(state, global_step)
+    return state, {"loss": loss, "batch": fingerprint(idx),
+                   "params": fingerprint(state["model"]), "metrics": metrics}
+
+  shapes = jax.eval_shape(run, state, first_step)[1]
+
   def body(state, i):
-    def run(state):
-      state, loss, idx = step(state, first_step + i)
-      return state, {"loss": loss, "batch": fingerprint(idx),
-                     "params": fingerprint(state["model"])}
-
-    def skip(state):
-      return state, {"loss": jnp.zeros((), jnp.float32), "batch": jnp.uint32(0),
-                     "params": jnp.uint32(0)}
-
-    return jax.lax.cond(i < num_steps, run, skip, state)
+    skip = lambda state: (state, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
+    return jax.lax.cond(i < num_steps, lambda s: run(s, first_step + i), skip, state)
 
   return jax.lax.scan(body, state, jnp.arange(chunk_steps, dtype=jnp.int32))
 
 
-def make_sharded_train_chunk(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, *,
-                             chunk_steps: int, num_examples: int, batch_size: int,
-                             dropout: bool = False, micro_shards: int = 0) -> Callable:
-  """make_train_chunk's function, data-parallel over the devices of `mesh`.
+def make_evaluate(graphdef: nnx.GraphDef, task: Task) -> Callable:
+  """A jitted fn(state, split) -> {metric: mean over every example of the split}.
 
-  Every device holds the whole state and data set (replicated) and computes the
-  same global batch indices; device d takes its slice of the global batch.
-  The loss is the mean over the global batch, as on one device.
-
-  micro_shards=0: device d computes the gradient of its batch_size/D examples
-  and the gradients are summed with psum. The reduction order follows the
-  device count, so the bits depend on it (each count is repeatable).
-
-  micro_shards=M (topology-invariant mode): the global batch is cut into M
-  fixed micro-shards of batch_size/M examples; micro-shard m always holds the
-  same examples and draws its dropout mask from fold_in(step key, m). Each
-  device runs the same micro-shard program over its M/D micro-shards in a
-  loop whose trip count is a run-time value (so XLA compiles one body for
-  every device count), the per-micro-shard gradients are all-gathered, and
-  summed in the order 0, 1, ..., M-1 on every device. The result is the same
-  bits on any device count dividing M.
+  The model is in evaluation mode (model.eval(): dropout off, BatchNorm's
+  running statistics). The split is read in batches of EVAL_BATCH examples,
+  the last one padded and masked.
   """
-  axis = mesh.axis_names[0]
-  num_devices = mesh.shape[axis]
-  shards = micro_shards or num_devices
-  shard_size = batch_size // shards
-  local_shards = shards // num_devices
-
-  def loss_sum(model_state, model_def, images, labels, key):
-    model = nnx.merge(model_def, model_state)
-    logits = model(images, key)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
-
-  def chunk(state, images, labels, keys, first_step, num_steps, trip):
-    first_epoch, perms = shuffle.chunk_permutations(
-        keys["shuffle"], first_step, chunk_steps, num_examples, batch_size)
-    device = jax.lax.axis_index(axis)
-
-    def step(state, global_step):
-      idx = shuffle.batch_from_permutations(first_epoch, perms, global_step, num_examples,
-                                            batch_size)
-      objects = nnx.merge(graphdef, state)
-      model_def, model_state = nnx.split(objects["model"])
-      step_key = jax.random.fold_in(keys["dropout"], global_step) if dropout else None
-
-      def micro(k, acc):
-        m = device * local_shards + k
-        part = jax.lax.dynamic_slice_in_dim(idx, m * shard_size, shard_size)
-        key = jax.random.fold_in(step_key, m) if dropout else None
-        loss, grads = jax.value_and_grad(loss_sum)(model_state, model_def, images[part],
-                                                   labels[part], key)
-        return jax.tree.map(lambda buf, x: buf.at[k].set(x), acc, (loss, grads))
-
-      acc = jax.tree.map(lambda x: jnp.zeros((local_shards,) + x.shape, x.dtype),
-                         (jnp.zeros((), jnp.float32), model_state))
-      losses, grads = jax.lax.fori_loop(0, trip, micro, acc)
-      if micro_shards:
-        losses, grads = jax.lax.all_gather((losses, grads), axis, tiled=True)
-        total = lambda x: functools.reduce(jnp.add, [x[m] for m in range(shards)])
-      else:
-        total = lambda x: jax.lax.psum(x[0], axis)
-      loss = total(losses) / batch_size
-      grads = jax.tree.map(lambda g: total(g) / batch_size, grads)
-      objects["optimizer"].update(objects["model"], grads)
-      return nnx.state(objects), loss, idx
-
-    return _scan_steps(step, state, first_step, num_steps, chunk_steps)
-
-  replicated = jax.sharding.PartitionSpec()
-  sharded = jax.jit(jax.shard_map(chunk, mesh=mesh, in_specs=replicated,
-                                  out_specs=replicated, check_vma=False))
-
-  def train_chunk(state, images, labels, keys, first_step, num_steps):
-    return sharded(state, images, labels, keys, first_step, num_steps,
-                   np.int32(local_shards))
-
-  return train_chunk
-
-
-def make_evaluate(graphdef: nnx.GraphDef) -> Callable:
-  """A jitted fn(state, images, labels) -> (accuracy, mean loss) over every example."""
 
   @jax.jit
-  def evaluate(state, images, labels):
+  def evaluate(state, split):
     model = nnx.merge(graphdef, state)["model"]
-    n = images.shape[0]
+    model.eval()
+    n = len(next(iter(split.values())))
     batch = min(EVAL_BATCH, n)
     num_batches = -(-n // batch)
     pad = num_batches * batch - n
-    images = jnp.pad(images, ((0, pad),) + ((0, 0),) * (images.ndim - 1))
-    labels = jnp.pad(labels, (0, pad))
+    split = {k: jnp.pad(v, ((0, pad),) + ((0, 0),) * (v.ndim - 1)) for k, v in split.items()}
     valid = jnp.arange(num_batches * batch) < n
+    part = lambda x, b: jax.lax.dynamic_slice_in_dim(x, b * batch, batch)
+    names = jax.eval_shape(lambda: task.eval_metrics(model, {k: part(v, 0) for k, v in
+                                                              split.items()}))
 
     def body(totals, b):
-      sl = lambda x: jax.lax.dynamic_slice_in_dim(x, b * batch, batch)
-      logits = model(sl(images))
-      mask = sl(valid)
-      losses = optax.softmax_cross_entropy_with_integer_labels(logits, sl(labels))
-      correct = (jnp.argmax(logits, -1) == sl(labels)) & mask
-      return (totals[0] + correct.sum(), totals[1] + jnp.where(mask, losses, 0).sum()), None
+      values = task.eval_metrics(model, {k: part(v, b) for k, v in split.items()})
+      mask = part(valid, b)
+      return {k: totals[k] + jnp.where(mask, values[k], 0).sum() for k in totals}, None
 
-    (correct, loss), _ = jax.lax.scan(
-        body, (jnp.int32(0), jnp.float32(0)), jnp.arange(num_batches))
-    return correct / n, loss / n
+    totals = {k: jnp.zeros((), s.dtype) for k, s in names.items()}
+    totals, _ = jax.lax.scan(body, totals, jnp.arange(num_batches))
+    return {k: v / n for k, v in totals.items()}
 
   return evaluate

@@ -26,8 +26,11 @@ def assert_bitwise_equal(a: dict, b: dict) -> None:
 
 
 def differing_leaves(a: dict, b: dict) -> list[str]:
+  """Names of the leaves whose bits differ, or that only one of the states has."""
   leaves_a, leaves_b = digest.named_leaves(a), digest.named_leaves(b)
-  return [n for n in leaves_a if leaves_a[n].tobytes() != leaves_b[n].tobytes()]
+  return sorted(n for n in set(leaves_a) | set(leaves_b)
+                if n not in leaves_a or n not in leaves_b
+                or leaves_a[n].tobytes() != leaves_b[n].tobytes())
 
 
 def read_losses(run_dir: str | Path) -> bytes:

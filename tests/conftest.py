@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny synthetic IDX dataset and a small, fast Config."""
+"""Shared fixtures and helpers: a tiny synthetic IDX dataset and small, fast Configs."""
 
 from __future__ import annotations
 
@@ -10,11 +10,47 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import idx_data  # noqa: E402
-from repro import Config  # noqa: E402
+from repro import Config, run  # noqa: E402
 
 N_TRAIN = 256
 BATCH = 16
 STEPS_PER_EPOCH = N_TRAIN // BATCH  # 16
+TRAIN = Path(__file__).resolve().parent.parent / "bin" / "train"
+
+
+def small_config(root: Path, name: str, idx_dir: Path, tfds_dir: Path, options: dict | None = None,
+                 **overrides) -> Config:
+  """A 2-epoch, 32-step run of the reference task on the tiny data, writing root/name.
+
+  options: task options beside the data location (e.g. {"dropout": 0.5}).
+  """
+  values = dict(seed=0, epochs=2, batch_size=BATCH, learning_rate=1e-3, output=str(root / name),
+                checkpoint_every=10, chunk_steps=8, progress=False,
+                task_options={"data_dir": str(idx_dir), "tfds_dir": str(tfds_dir),
+                              **(options or {})})
+  values.update(overrides)
+  return Config(**values)
+
+
+def quiet(config: Config, messages: list | None = None, **kwargs):
+  """run() with its log lines collected in `messages` (or dropped)."""
+  return run(config, log=(messages.append if messages is not None else (lambda _: None)),
+             **kwargs)
+
+
+def flags_of(config: Config) -> list[str]:
+  """The bin/train command line of `config`."""
+  flags = [f"--task={config.task}"]  # before its --task.x options (ml_collections' rule)
+  flags += [f"--{k}={v}" for k, v in config.to_dict().items()
+            if v is not None and k not in ("progress", "strict", "task", "task_options")]
+  flags += [f"--task.{k}={v}" for k, v in config.task_options.items() if v is not None]
+  return flags + ["--noprogress"]
+
+
+def data_flags(idx_dir: Path, tfds_dir: Path) -> list[str]:
+  """bin/train flags of the small run's data and shape (as small_config)."""
+  return [f"--task.data_dir={idx_dir}", f"--task.tfds_dir={tfds_dir}", f"--batch_size={BATCH}",
+          "--epochs=2", "--checkpoint_every=10", "--chunk_steps=8"]
 
 
 @pytest.fixture(scope="session")
@@ -29,14 +65,9 @@ def tfds_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def small(idx_dir, tfds_dir, tmp_path):
-  """small(name, **overrides) -> Config of a 2-epoch, 32-step run writing to tmp_path/name."""
+  """small(name, options=None, **overrides) -> Config of a 32-step run writing to tmp_path/name."""
 
-  def make(name: str = "run", **overrides) -> Config:
-    values = dict(seed=0, epochs=2, batch_size=BATCH, learning_rate=1e-3,
-                  dataset="fashion_mnist", data_dir=str(idx_dir), tfds_dir=str(tfds_dir),
-                  output=str(tmp_path / name), checkpoint_every=10, chunk_steps=8,
-                  progress=False)
-    values.update(overrides)
-    return Config(**values)
+  def make(name: str = "run", options: dict | None = None, **overrides) -> Config:
+    return small_config(tmp_path, name, idx_dir, tfds_dir, options, **overrides)
 
   return make

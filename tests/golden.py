@@ -50,9 +50,9 @@ def platform_key() -> dict:
 def compute(name: str, workdir: Path) -> dict:
   """Runs golden config `name` on the synthetic IDX data and digests the result."""
   data_dir = idx_data.write_dataset(workdir / "idx", n_train=256, n_test=64, seed=0)
-  config = Config(**CONFIGS[name], data_dir=str(data_dir), tfds_dir=str(workdir / "tfds"),
-                  output=str(workdir / name), checkpoint_every=10, chunk_steps=8,
-                  progress=False)
+  config = Config(**CONFIGS[name], output=str(workdir / name), checkpoint_every=10,
+                  chunk_steps=8, progress=False,
+                  task_options={"data_dir": str(data_dir), "tfds_dir": str(workdir / "tfds")})
   result = run(config, log=lambda _: None)
   import orbax.checkpoint as ocp
   state = ocp.StandardCheckpointer().restore(Path(result.checkpoint) / "state")

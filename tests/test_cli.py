@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from bits import assert_bitwise_equal, restore_state
-
-TRAIN = Path(__file__).resolve().parent.parent / "bin" / "train"
+from conftest import TRAIN, data_flags as small_data_flags
 
 
 def train(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -22,8 +21,7 @@ def train(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def data_flags(idx_dir, tfds_dir):
-  return [f"--data_dir={idx_dir}", f"--tfds_dir={tfds_dir}", "--batch_size=16",
-          "--epochs=2", "--checkpoint_every=10", "--chunk_steps=8"]
+  return small_data_flags(idx_dir, tfds_dir)
 
 
 def test_binary_trains_resumes_and_matches_the_python_api(data_flags, small, tmp_path):
@@ -36,7 +34,8 @@ def test_binary_trains_resumes_and_matches_the_python_api(data_flags, small, tmp
   assert "resuming" in second.stdout and "from step 13" in second.stdout
   assert "resumed at 13" in second.stderr  # the progress bar shows the resumed position
   last = second.stdout.strip().splitlines()[-1]
-  assert last.startswith("done: step 32, loss ") and "test accuracy" in last
+  assert last.startswith("done: step 32, loss ") and ", test accuracy " in last
+  assert ", test loss " in last
   assert last.endswith(f"checkpoint {out / '32'}")
 
   from repro import run
@@ -47,14 +46,17 @@ def test_binary_trains_resumes_and_matches_the_python_api(data_flags, small, tmp
   assert third.returncode == 0 and "already complete" in third.stdout
 
 
-def test_helpfull_documents_every_flag():
-  result = train("--helpfull")
+@pytest.mark.parametrize("option", ["--help", "--helpfull"])
+def test_help_documents_every_flag_and_the_task(option):
+  result = train(option)
   assert result.returncode == 0
   for flag in ("seed", "epochs", "output", "checkpoint_every", "max_to_keep", "batch_size",
-               "learning_rate", "dataset", "data_dir", "max_steps", "tfds_dir", "chunk_steps",
-               "strict", "validation_examples", "eval_every", "monitor", "patience", "schedule",
-               "warmup_steps", "plateau_patience", "plateau_factor", "dropout", "config"):
-    assert f"--{flag}" in result.stdout or f"--[no]{flag}" in result.stdout, flag
+               "learning_rate", "max_steps", "chunk_steps", "strict", "validation_examples",
+               "eval_every", "monitor", "patience", "schedule", "warmup_steps", "plateau_patience",
+               "plateau_factor", "devices", "micro_shards", "config", "task"):
+    assert f"--{flag}:" in result.stdout or f"--[no]{flag}:" in result.stdout, flag
+  # the default task and its options are shown with --task
+  assert "repro.tasks.cnn:CNN(dataset='fashion_mnist'" in result.stdout
 
 
 @pytest.mark.parametrize("args, message", [
@@ -63,20 +65,28 @@ def test_helpfull_documents_every_flag():
     (["--checkpoint_every=0"], "checkpoint_every must be >= 1"),
     (["--max_to_keep=0"], "max_to_keep must be >= 1"),
     (["--learning_rate=-1"], "learning_rate must be a positive finite number"),
-    (["--dataset=cifar10"], "unknown dataset 'cifar10'"),
+    (["--task.dataset=cifar10"], "unknown dataset 'cifar10'"),
     (["--schedule=linear"], "schedule"),
-    (["--dropout=1.5"], "dropout must be in [0, 1)"),
-    (["--patience=3"], "--patience needs a validation set"),
+    (["--task.dropout=1.5"], "dropout must be in [0, 1)"),
+    (["--task.dropout=high"], "task.dropout"),
+    (["--task.no_such_option=1"], "task repro.tasks.cnn:CNN has no option no_such_option; "
+                                  "its options: data_dir, dataset, dropout, tfds_dir"),
+    (["--task=repro.tasks.charlm:CharLM", "--task.dropout=0.5"], "has no option dropout"),
+    (["--task=no.such.module:Task"], "cannot import task no.such.module:Task"),
+    (["--task=repro.tasks.cnn:Nope"], "module repro.tasks.cnn has no attribute 'Nope'"),
+    (["--task=repro.tasks.cnn"], "is not of the form package.module:attr"),
+    (["--patience=3", "--task.data_dir=IDX"], "--patience needs a validation set"),
     (["--epochs=three"], "epochs"),
     (["--no_such_flag=1"], "no_such_flag"),
     (["positional"], "unexpected argument"),
-    (["--data_dir=/nonexistent/idx"], "data directory /nonexistent/idx does not exist"),
-    (["--dataset=mnist"], "no Debian package ships MNIST"),
+    (["--task.data_dir=/nonexistent/idx"], "data directory /nonexistent/idx does not exist"),
+    (["--task.dataset=mnist"], "no Debian package ships MNIST"),
 ])
-def test_bad_input_is_one_line_and_exit_code_2(args, message, tmp_path, tfds_dir):
-  extra = [] if any(a.startswith("--data_dir") or a == "--dataset=mnist" for a in args) else [
-      "--data_dir=/nonexistent"]
-  result = train(*args, *extra, f"--output={tmp_path / 'out'}", f"--tfds_dir={tfds_dir}")
+def test_bad_input_is_one_line_and_exit_code_2(args, message, tmp_path, idx_dir, tfds_dir):
+  args = [a.replace("IDX", str(idx_dir)) for a in args]
+  extra = [] if any(a.startswith(("--task.data_dir", "--task=")) or a == "--task.dataset=mnist"
+                    for a in args) else ["--task.data_dir=/nonexistent"]
+  result = train(*args, *extra, f"--output={tmp_path / 'out'}", f"--task.tfds_dir={tfds_dir}")
   assert result.returncode == 2, result.stderr
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr

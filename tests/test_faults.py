@@ -14,25 +14,18 @@ import numpy as np
 import pytest
 
 from bits import assert_bitwise_equal, read_losses, restore_state
-from repro import ReproError, run
-from repro import model as model_lib
+from conftest import TRAIN, flags_of, quiet, small_config
+from repro import ReproError
+from repro.stop import EXIT_STOPPED
 
-TRAIN = Path(__file__).resolve().parent.parent / "bin" / "train"
-EXIT_STOPPED = 75
-
-
-def quiet(config, messages=None):
-  return run(config, log=(messages.append if messages is not None else (lambda _: None)))
-
-
-def flags_of(config) -> list[str]:
-  return [f"--{k}={v}" for k, v in config.to_dict().items()
-          if v is not None and k not in ("progress", "strict")] + ["--noprogress"]
+FAULTY_TRAIN = Path(__file__).resolve().parent / "faulty_train.py"
 
 
 def start(config, fault: str = "") -> subprocess.Popen:
-  env = dict(os.environ, PYTHONUNBUFFERED="1", REPRO_FAULT=fault)
-  return subprocess.Popen([sys.executable, str(TRAIN), *flags_of(config)], env=env,
+  """bin/train on `config`; with a fault, the test-only wrapper that SIGKILLs itself."""
+  env = dict(os.environ, PYTHONUNBUFFERED="1", REPRO_TEST_FAULT=fault)
+  return subprocess.Popen([sys.executable, str(FAULTY_TRAIN if fault else TRAIN),
+                           *flags_of(config)], env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -61,10 +54,7 @@ def assert_matches(reference, result):
 
 @pytest.fixture(scope="module")
 def reference(idx_dir, tfds_dir, tmp_path_factory):
-  from repro import Config
-  return quiet(Config(seed=0, epochs=2, batch_size=16, data_dir=str(idx_dir),
-                      tfds_dir=str(tfds_dir), output=str(tmp_path_factory.mktemp("r") / "ref"),
-                      checkpoint_every=10, chunk_steps=8, progress=False))
+  return quiet(small_config(tmp_path_factory.mktemp("r"), "ref", idx_dir, tfds_dir))
 
 
 # --- signals -----------------------------------------------------------------
@@ -100,6 +90,7 @@ def test_sigkill_at_seeded_points_and_mid_write_loses_nothing(reference, small):
     assert code == -signal.SIGKILL, err
   # Then inside a checkpoint write: killed once the save of step 30 has started.
   code, _, err = finish(start(config, "kill_in_save:30"))
+  assert "Traceback" not in err
   assert code == -signal.SIGKILL, err
   assert list(out_dir.glob("30.orbax-checkpoint-tmp*")), "the kill did not land mid-write"
   assert not (out_dir / "30").exists()
@@ -164,10 +155,12 @@ def test_corrupt_latest_checkpoint_is_named_set_aside_and_the_previous_one_used(
   assert_matches(reference, result)
 
 
-def test_a_checkpoint_of_another_architecture_is_refused(small, monkeypatch):
+def test_a_checkpoint_of_another_architecture_is_refused(small):
+  import dataclasses
   from flax import nnx
+  from repro.tasks import cnn
 
-  class Narrow(model_lib.DigitClassifier):
+  class Narrow(cnn.DigitClassifier):
     def __init__(self, *, rngs):
       self.conv1 = nnx.Conv(1, 32, kernel_size=(3, 3), rngs=rngs)
       self.conv2 = nnx.Conv(32, 16, kernel_size=(3, 3), rngs=rngs)
@@ -175,15 +168,15 @@ def test_a_checkpoint_of_another_architecture_is_refused(small, monkeypatch):
       self.linear2 = nnx.Linear(256, 10, rngs=rngs)
       self.dropout = None
 
-  def create_narrow(key, tx, dropout=0.0):
-    model = Narrow(rngs=nnx.Rngs(params=key))
-    return {"model": model, "optimizer": nnx.Optimizer(model, tx, wrt=nnx.Param)}
+  @dataclasses.dataclass
+  class NarrowCNN(cnn.CNN):
+    architecture = "Narrow:conv32-conv16-dense256-dense10"
+
+    def model(self, rngs):
+      return Narrow(rngs=rngs)
 
   config = small("arch", max_steps=10)
-  with monkeypatch.context() as patch:
-    patch.setattr(model_lib, "create", create_narrow)
-    patch.setattr(model_lib, "ARCHITECTURE", "Narrow:conv32-conv16-dense256-dense10")
-    quiet(config)
+  quiet(config, task=NarrowCNN(**config.task_options))
   with pytest.raises(ReproError, match=r"architecture: checkpoint 'Narrow:conv32-conv16"):
     quiet(config.replace(max_steps=None))
   assert (Path(config.output) / "10").is_dir()  # nothing was set aside or lost

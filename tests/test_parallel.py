@@ -19,10 +19,8 @@ from pathlib import Path
 import pytest
 
 from bits import assert_bitwise_equal, read_losses, restore_state
-from conftest import STEPS_PER_EPOCH
+from conftest import STEPS_PER_EPOCH, TRAIN, data_flags
 from repro.stop import EXIT_STOPPED
-
-TRAIN = Path(__file__).resolve().parent.parent / "bin" / "train"
 FINAL = 2 * STEPS_PER_EPOCH
 
 
@@ -59,8 +57,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 @pytest.fixture(scope="module")
 def flags(idx_dir, tfds_dir):
-  return [f"--data_dir={idx_dir}", f"--tfds_dir={tfds_dir}", "--batch_size=16", "--epochs=2",
-          "--checkpoint_every=10", "--chunk_steps=8"]
+  return data_flags(idx_dir, tfds_dir)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +104,7 @@ def test_a_four_device_checkpoint_resumes_on_two_and_on_one_device(flags, tmp_pa
 @pytest.fixture(scope="module")
 def invariant(flags):
   """Topology-invariant flags: 4 micro-shards, with dropout and evaluations in the run."""
-  return [*flags, "--micro_shards=4", "--dropout=0.3", "--validation_examples=32",
+  return [*flags, "--micro_shards=4", "--task.dropout=0.3", "--validation_examples=32",
           "--eval_every=8", "--schedule=plateau", "--plateau_patience=1"]
 
 
@@ -246,7 +243,7 @@ def test_sigkill_of_one_process_ends_the_other_at_once_and_the_run_resumes(invar
 def test_another_device_or_process_layout_warns_unless_topology_invariant(micro_shards, warned):
   from repro import environment
   from repro.config import Config
-  from repro.run import _check_environment
+  from repro.identity import check_environment as _check_environment
   now = environment.describe(devices_used=4)
   saved = json.loads(json.dumps(now))
   saved["platform"]["process_count"] = 2

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from bits import assert_bitwise_equal, differing_leaves, read_losses, restore_state
-from conftest import STEPS_PER_EPOCH
-from repro import run
+from conftest import STEPS_PER_EPOCH, quiet as run_quiet, small_config
 
 FINAL = 2 * STEPS_PER_EPOCH  # 32 steps: the end of the small 2-epoch run
 
@@ -16,15 +15,7 @@ FINAL = 2 * STEPS_PER_EPOCH  # 32 steps: the end of the small 2-epoch run
 @pytest.fixture(scope="module")
 def reference(idx_dir, tfds_dir, tmp_path_factory):
   """One uninterrupted small run, shared by the comparisons below."""
-  from repro import Config
-  config = Config(seed=0, epochs=2, batch_size=16, data_dir=str(idx_dir),
-                  tfds_dir=str(tfds_dir), output=str(tmp_path_factory.mktemp("ref") / "A"),
-                  checkpoint_every=10, chunk_steps=8, progress=False)
-  return run_quiet(config)
-
-
-def run_quiet(config):
-  return run(config, log=lambda _: None)
+  return run_quiet(small_config(tmp_path_factory.mktemp("ref"), "A", idx_dir, tfds_dir))
 
 
 def assert_same_as_reference(reference, result):
@@ -106,7 +97,8 @@ def test_manifest_records_config_versions_fingerprint_and_metrics(reference):
   assert manifest["config"]["seed"] == 0 and manifest["config"]["batch_size"] == 16
   assert manifest["environment"]["versions"]["jax"]
   assert manifest["environment"]["versions"]["orbax-checkpoint"]
-  assert len(manifest["data"]["fingerprint"]["train"]) == 64
+  assert len(manifest["data"]["splits"]["train"]["fingerprint"]) == 64
+  assert manifest["identity"]["task"] == "cnn" and manifest["config"]["task"] == "repro.tasks.cnn:CNN"
   assert manifest["metrics"]["test_accuracy"] == reference.test_accuracy
   assert manifest["state_digest"] == reference.digest
 

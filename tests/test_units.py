@@ -22,7 +22,8 @@ from repro import Config, ReproError, rng, shuffle
     ("epochs", 2.5, "epochs must be an integer"),
     ("learning_rate", 0.0, "learning_rate must be a positive finite number"),
     ("learning_rate", float("nan"), "learning_rate must be a positive finite number"),
-    ("dataset", "imagenet", "unknown dataset 'imagenet'"),
+    ("schedule", "linear", "unknown schedule 'linear'"),
+    ("monitor", "accuracy", "must name a validation metric"),
 ])
 def test_bad_config_values_are_named(field, value, message):
   with pytest.raises(ReproError, match=message):
@@ -38,11 +39,36 @@ def test_config_round_trips_through_json_and_refuses_unknown_fields():
 
 
 def test_default_output_depends_on_the_bit_fields_only():
+  from repro import identity
+  from repro.tasks.cnn import CNN
+  name = lambda config, task=CNN(): identity.default_output(config, task)
   base = Config(seed=0)
-  assert base.default_output().startswith("runs/seed0-")
-  assert base.default_output() == Config(seed=0, epochs=9, checkpoint_every=3).default_output()
-  assert base.default_output() != Config(seed=0, learning_rate=0.01).default_output()
-  assert base.default_output() != Config(seed=1).default_output()
+  assert name(base).startswith("runs/seed0-")
+  assert name(base) == name(Config(seed=0, epochs=9, checkpoint_every=3))
+  assert name(base) == name(base, CNN(data_dir="/elsewhere"))  # where the files are: no bits
+  assert name(base) != name(Config(seed=0, learning_rate=0.01))
+  assert name(base) != name(Config(seed=1))
+  assert name(base) != name(base, CNN(dropout=0.5))
+  # The name of every run from before tasks existed is kept: the digest of the same fields.
+  assert name(base) == "runs/seed0-" + _legacy_digest(dataset="fashion_mnist", dropout=0.0)
+
+
+def _legacy_digest(**fields) -> str:
+  import hashlib
+  import json
+  old = dict(seed=0, batch_size=64, learning_rate=1e-3, validation_examples=0,
+             schedule="constant", warmup_steps=0, **fields)
+  return hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def test_configs_from_before_tasks_load_with_their_data_settings_as_task_options():
+  old = {"seed": 3, "dataset": "mnist", "data_dir": "/d", "tfds_dir": "/t", "dropout": 0.2}
+  config = Config.from_dict(old)
+  assert config.seed == 3 and config.task == "repro.tasks.cnn:CNN"
+  assert config.task_options == {"dataset": "mnist", "data_dir": "/d", "tfds_dir": "/t",
+                                 "dropout": 0.2}
+  with pytest.raises(ReproError, match="options of the default task"):
+    Config.from_dict({**old, "task": "my.task:T"})
 
 
 def test_key_streams_are_distinct_and_seeded():
@@ -78,14 +104,15 @@ def test_chunk_permutations_give_the_same_batches_as_the_step_alone(chunk_steps)
 
 
 def test_chunks_of_any_start_and_length_share_one_compiled_program():
-  from flax import nnx
-  from repro import model, train
+  from repro import state as state_lib, train
+  from repro.tasks.cnn import CNN
   keys = rng.streams(0)
-  graphdef, state = nnx.split(model.create(keys["params"], 1e-3))
-  images = jnp.zeros((40, 28, 28, 1), jnp.uint8)
-  labels = jnp.zeros((40,), jnp.int32)
-  chunk = train.make_train_chunk(graphdef, chunk_steps=4, num_examples=40, batch_size=8)
+  built = state_lib.build(CNN(), Config(), keys, 100, mesh=None)
+  data = {"image": jnp.zeros((40, 28, 28, 1), jnp.uint8), "label": jnp.zeros((40,), jnp.int32)}
+  chunk = train.make_train_chunk(built.graphdef, CNN(), chunk_steps=4, num_examples=40,
+                                 batch_size=8)
+  state = built.state
   for first, length in ((0, 4), (4, 1), (5, 3), (8, 4), (12, 2)):
-    state, trace = chunk(state, images, labels, keys, np.int32(first), np.int32(length))
-  assert chunk._cache_size() == 1  # a recompile per chunk would be a silent slowdown
+    state, trace = chunk(state, data, keys, np.int32(first), np.int32(length))
+  assert chunk.cache_size() == 1  # a recompile per chunk would be a silent slowdown
   assert trace["loss"].shape == (4,)

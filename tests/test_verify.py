@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from repro import environment, run, verify
+from conftest import quiet, small_config
+from repro import environment, verify
 
 VERIFY = Path(__file__).resolve().parent.parent / "bin" / "verify"
 
@@ -22,14 +23,10 @@ def verify_cli(*args) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def runs(idx_dir, tfds_dir, tmp_path_factory):
   """Four small runs: seed 0 twice, seed 1, and seed 0 with another learning rate."""
-  from repro import Config
   root = tmp_path_factory.mktemp("verify")
 
   def make(name, **kw):
-    values = dict(seed=0, epochs=2, batch_size=16, data_dir=str(idx_dir), tfds_dir=str(tfds_dir),
-                  output=str(root / name), checkpoint_every=10, chunk_steps=8, progress=False)
-    values.update(kw)
-    return Path(run(Config(**values), log=lambda _: None).output)
+    return Path(quiet(small_config(root, name, idx_dir, tfds_dir, **kw)).output)
 
   return {"a": make("a"), "a2": make("a2"), "seed1": make("seed1", seed=1),
           "lr": make("lr", learning_rate=0.002)}

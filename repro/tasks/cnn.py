@@ -1,13 +1,22 @@
-"""The reference CNN classifier for 28x28 grey images, and its Adam optimizer."""
+"""The reference task: the Flax tutorial's CNN on Fashion-MNIST, Adam, batch 64.
+
+    bin/train --seed=0 --epochs=3          # test accuracy 0.90
+
+It is the default task; its bits are the golden digests of tests/golden.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
-# Recorded in the manifest; bump when the architecture, its init or the way a
+from repro.errors import ReproError
+from repro.tasks.images import ImageClassifier
+
+# Recorded in the identity; bump when the architecture, its init or the way a
 # layer is computed changes (any of these changes the bits).
 ARCHITECTURE = "DigitClassifier-v1:conv32-avgpool-conv64-avgpool-dense256-dense10:im2col"
 
@@ -33,7 +42,9 @@ class DigitClassifier(nnx.Module):
   """conv 1->32 3x3, relu, avgpool 2/2, conv 32->64 3x3, relu, avgpool, dense 256, dense 10.
 
   The layers are nnx.Conv and nnx.Linear (their parameters, init and
-  checkpoint names); the convolutions are computed by conv3x3.
+  checkpoint names); the convolutions are computed by conv3x3. With a dropout
+  rate, an nnx.Dropout (holding its own stream, which repro reseeds every
+  step) follows the 256-unit layer.
   """
 
   def __init__(self, *, rngs: nnx.Rngs, dropout: float = 0.0):
@@ -41,29 +52,36 @@ class DigitClassifier(nnx.Module):
     self.conv2 = nnx.Conv(32, 64, kernel_size=(3, 3), rngs=rngs)
     self.linear1 = nnx.Linear(3136, 256, rngs=rngs)
     self.linear2 = nnx.Linear(256, 10, rngs=rngs)
-    self.dropout = nnx.Dropout(dropout) if dropout else None
+    self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout else None
 
-  def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
-    """Logits; with dropout_key (and a dropout rate) the dropout mask is drawn from it."""
+  def __call__(self, x: jax.Array) -> jax.Array:
     x = x / 255  # uint8 pixels -> [0, 1]
     x = nnx.avg_pool(nnx.relu(conv3x3(self.conv1, x)), window_shape=(2, 2), strides=(2, 2))
     x = nnx.avg_pool(nnx.relu(conv3x3(self.conv2, x)), window_shape=(2, 2), strides=(2, 2))
     x = x.reshape(x.shape[0], -1)
     x = nnx.relu(self.linear1(x))
     if self.dropout is not None:
-      x = self.dropout(x, deterministic=dropout_key is None, rngs=dropout_key)
+      x = self.dropout(x)
     return self.linear2(x)
 
 
-def create(params_key: jax.Array, tx: optax.GradientTransformation | float,
-           dropout: float = 0.0) -> dict[str, nnx.Object]:
-  """A freshly initialised {'model', 'optimizer'} from the params key stream.
+@dataclasses.dataclass
+class CNN(ImageClassifier):
+  """The reference CNN classifier. Options: those of ImageClassifier, and
 
-  tx is the optax transformation (repro.optim.make_tx); a float means plain
-  Adam with that learning rate.
+    dropout: dropout rate after the 256-unit layer; 0 disables it.
   """
-  model = DigitClassifier(rngs=nnx.Rngs(params=params_key), dropout=dropout)
-  if isinstance(tx, (int, float)):
-    tx = optax.adam(tx)
-  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  return {"model": model, "optimizer": optimizer}
+
+  name = "cnn"
+  architecture = ARCHITECTURE
+
+  dropout: float = 0.0
+
+  def __post_init__(self):
+    super().__post_init__()
+    if isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
+      raise ReproError(f"dropout must be in [0, 1), got {self.dropout!r}: pass "
+                       f"--task.dropout=P with 0 <= P < 1")
+
+  def model(self, rngs: nnx.Rngs) -> nnx.Module:
+    return DigitClassifier(rngs=rngs, dropout=self.dropout)

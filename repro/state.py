@@ -1,0 +1,111 @@
+"""The train state of a task: built from its model and optimizer, checked, restored into.
+
+The state is the nnx.State of {'model', 'optimizer'}; its pure dict is what a
+checkpoint holds. Restore goes nnx.eval_shape template -> Orbax ->
+nnx.replace_by_pure_dict -> nnx.update.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from flax import nnx
+
+from repro import optim
+from repro import parallel
+from repro import rng
+from repro.errors import ReproError
+from repro.task import Task, guarded, task_name, unpack_loss
+
+
+@dataclasses.dataclass
+class Built:
+  """A freshly initialised train state and what restoring into it needs.
+
+  Attributes:
+    graphdef: the static part of {'model', 'optimizer'}.
+    state: the initial state, placed on the run's device(s).
+    objects: the live {'model', 'optimizer'} (restore updates them).
+    abstract: the nnx.eval_shape state: the restore template's structure.
+    template: its pure dict of ShapeDtypeStructs with the run's shardings.
+    module_streams: whether the model holds nnx.RngStreams (reseeded every step).
+  """
+
+  graphdef: nnx.GraphDef
+  state: nnx.State
+  objects: dict
+  abstract: nnx.State
+  template: dict
+  module_streams: bool
+
+
+def build(task: Task, config, keys: dict, total_steps: int, mesh) -> Built:
+  """Initialises the task's model and optimizer from the 'params' key stream."""
+  tx = guarded("building the optimizer", task,
+                lambda: optim.make_tx(config, total_steps, task.optimizer))
+
+  def create():
+    model = task.model(rng.init_rngs(keys))
+    if not isinstance(model, nnx.Module):
+      raise ReproError(f"task {task_name(task)}: model() returned a {type(model).__name__}, "
+                       f"not an nnx.Module")
+    return {"model": model, "optimizer": nnx.Optimizer(model, tx, wrt=nnx.Param)}
+
+  objects = guarded("building the model", task, create)
+  graphdef, state = nnx.split(objects)
+  _, abstract = nnx.split(nnx.eval_shape(create))
+  return Built(graphdef=graphdef, state=parallel.replicate(state, mesh), objects=objects,
+               abstract=abstract, template=parallel.abstract(nnx.to_pure_dict(abstract), mesh),
+               module_streams=rng.has_streams(objects["model"]))
+
+
+def restore(built: Built, pure: dict) -> nnx.State:
+  """The state of a restored checkpoint's pure dict."""
+  nnx.replace_by_pure_dict(built.abstract, pure)
+  nnx.update(built.objects, built.abstract)
+  return nnx.state(built.objects)
+
+
+def _specs(split: dict[str, np.ndarray], n: int) -> dict:
+  return {k: jax.ShapeDtypeStruct((n,) + v.shape[1:], v.dtype) for k, v in split.items()}
+
+
+def check_task(task: Task, built: Built, train: dict[str, np.ndarray], batch_size: int) -> list[str]:
+  """Traces the task's loss and metrics on abstract batches; returns its metric names.
+
+  One line (ReproError) when the loss is not a scalar, a metric has the wrong
+  shape, or the task's code fails on a batch of the train split.
+  """
+  name = task_name(task)
+
+  def loss_probe(state, batch):
+    model = nnx.merge(built.graphdef, state)["model"]
+    return unpack_loss(task.loss(model, batch))
+
+  def eval_probe(state, batch):
+    model = nnx.merge(built.graphdef, state)["model"]
+    model.eval()
+    return task.eval_metrics(model, batch)
+
+  batch = _specs(train, batch_size)
+  loss, metrics = guarded(f"its loss on a batch of {batch_size} training examples", task,
+                           lambda: jax.eval_shape(loss_probe, built.state, batch))
+  _need_scalar(name, "loss", loss, "return the mean over the batch")
+  for metric, value in metrics.items():
+    _need_scalar(name, f"loss metric {metric!r}", value, "return batch means")
+  per_example = guarded("eval_metrics on a batch of the train split", task,
+                         lambda: jax.eval_shape(eval_probe, built.state, batch))
+  for metric, value in per_example.items():
+    if value.shape != (batch_size,):
+      raise ReproError(f"task {name}: eval_metrics gave {metric!r} of shape {value.shape}, "
+                       f"expected one value per example ({batch_size},)")
+  return sorted(guarded("summarize", task,
+                         lambda: task.summarize({k: 1.0 for k in per_example})))
+
+
+def _need_scalar(name: str, what: str, value, fix: str) -> None:
+  if value.shape != () or not jax.numpy.issubdtype(value.dtype, jax.numpy.floating):
+    raise ReproError(f"task {name}: its {what} is {value.dtype}{list(value.shape)}, not a float "
+                     f"scalar: {fix}")

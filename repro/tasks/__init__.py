@@ -1,0 +1,9 @@
+"""Example tasks: each a repro.Task a researcher can run or copy.
+
+cnn         the reference CNN on Fashion-MNIST (the default task)
+resnet      a small residual CNN with BatchNorm and Dropout on Fashion-MNIST
+charlm      a tiny decoder-only transformer language model on any UTF-8 text
+regression  an MLP regression on NumPy arrays passed in from Python
+"""
+
+DEFAULT = "repro.tasks.cnn:CNN"  # what --task means when it is not given
