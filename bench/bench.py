@@ -37,97 +37,33 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from repro import checkpoint, data, environment, model, parallel, rng, shuffle, train  # noqa: E402
+from common import best_of, measure_loop, measure_ours, public  # noqa: E402
+from repro import checkpoint, environment, rng, train  # noqa: E402
+from repro.tasks import cnn  # noqa: E402
 
 BATCH = 64
 
 
-def timed(fn, *args):
-  start = time.perf_counter()
-  out = jax.block_until_ready(fn(*args))
-  return time.perf_counter() - start, out
+class ArticleCNN(cnn.CNN):
+  """The reference task with the article's model: nnx.Conv instead of im2col."""
 
-
-def measure_ours(dataset, chunk_steps: int, devices: int = 1, micro_shards: int = 0,
-                 steps: int | None = None) -> dict:
-  """run()'s chunks over `steps` steps (default one epoch) after a first, compiling chunk.
-
-  devices/micro_shards > the defaults time the data-parallel program
-  (repro.parallel.make_mesh) as run() builds it.
-  """
-  keys = rng.streams(0)
-  graphdef, state = nnx.split(model.create(keys["params"], 1e-3))
-  n = len(dataset.train_labels)
-  spe = shuffle.steps_per_epoch(n, BATCH)
-  mesh = parallel.make_mesh(devices, micro_shards, BATCH)
-  if mesh is None:
-    chunk = train.make_train_chunk(graphdef, chunk_steps=chunk_steps, num_examples=n,
-                                   batch_size=BATCH)
-  else:
-    chunk = train.make_sharded_train_chunk(graphdef, mesh, chunk_steps=chunk_steps,
-                                           num_examples=n, batch_size=BATCH,
-                                           micro_shards=micro_shards)
-    keys, state = parallel.replicate((keys, state), mesh)
-  images, labels = parallel.replicate((dataset.train_images, dataset.train_labels), mesh)
-  compile_s, (state, _) = timed(chunk, state, images, labels, keys, np.int32(0),
-                                np.int32(chunk_steps))
-  steps = steps or spe
-  start = time.perf_counter()
-  step = chunk_steps
-  while step < chunk_steps + steps:
-    stop = min(step + chunk_steps, chunk_steps + steps)
-    state, trace = chunk(state, images, labels, keys, np.int32(step), np.int32(stop - step))
-    np.asarray(trace["loss"])  # the one host sync per chunk, as run() does
-    step = stop
-  epoch_s = time.perf_counter() - start
-  return {"epoch_s": epoch_s, "steps": steps, "step_ms": 1000 * epoch_s / steps,
-          "compile_and_first_chunk_s": compile_s, "state": state, "graphdef": graphdef}
-
-
-def measure_loop(dataset, conv_model: bool) -> dict:
-  """The article's loop: host shuffling and batching, one jitted step per batch."""
-  keys = rng.streams(0)
-  if conv_model:
-    class ArticleClassifier(model.DigitClassifier):  # nnx.Conv as in the article
-      def __call__(self, x, dropout_key=None):
+  def model(self, rngs):
+    class ArticleClassifier(cnn.DigitClassifier):
+      def __call__(self, x):
         x = x / 255
         x = nnx.avg_pool(nnx.relu(self.conv1(x)), window_shape=(2, 2), strides=(2, 2))
         x = nnx.avg_pool(nnx.relu(self.conv2(x)), window_shape=(2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
         return self.linear2(nnx.relu(self.linear1(x)))
-    net = ArticleClassifier(rngs=nnx.Rngs(params=keys["params"]))
-  else:
-    net = model.DigitClassifier(rngs=nnx.Rngs(params=keys["params"]))
-  optimizer = nnx.Optimizer(net, optax.adam(1e-3), wrt=nnx.Param)
-
-  @nnx.jit
-  def train_step(net, optimizer, images, labels):
-    loss, grads = nnx.value_and_grad(train.loss_fn)(net, images, labels)
-    optimizer.update(net, grads)
-    return loss
-
-  n = len(dataset.train_labels)
-  spe = n // BATCH
-  order = np.asarray(shuffle.epoch_permutation(keys["shuffle"], 0, n))
-  first = order[:BATCH]
-  compile_s, _ = timed(train_step, net, optimizer, dataset.train_images[first],
-                       dataset.train_labels[first])
-  start = time.perf_counter()
-  for i in range(spe):
-    idx = order[i * BATCH:(i + 1) * BATCH]
-    loss = train_step(net, optimizer, dataset.train_images[idx], dataset.train_labels[idx])
-    _ = f"loss: {float(loss):.3f}"  # the progress bar's per-step sync
-  epoch_s = time.perf_counter() - start
-  return {"epoch_s": epoch_s, "steps": spe, "step_ms": 1000 * epoch_s / spe,
-          "compile_s": compile_s}
+    return ArticleClassifier(rngs=rngs)
 
 
-def measure_bound(graphdef, state, dataset) -> dict:
+def measure_bound(graphdef, state, train_split) -> dict:
   """FLOPs of one step as XLA counts them, at the measured matmul FLOP/s of this CPU."""
-  images = jnp.asarray(dataset.train_images[:BATCH])
-  labels = jnp.asarray(dataset.train_labels[:BATCH])
-  step = jax.jit(lambda s, x, y: train.train_step(graphdef, s, x, y))
-  flops = float(step.lower(state, images, labels).compile().cost_analysis()["flops"])
+  batch = {k: jnp.asarray(v[:BATCH]) for k, v in train_split.items()}
+  one = train.make_step(graphdef, cnn.CNN(), train.Local(), rng.streams(0))
+  step = jax.jit(lambda s, b: one(s, b, jnp.arange(BATCH), 0, 1))
+  flops = float(step.lower(state, batch).compile().cost_analysis()["flops"])
   size = 2048
   a = jnp.asarray(np.ones((size, size), np.float32))
   matmul = jax.jit(lambda a: a @ a)
@@ -162,17 +98,19 @@ def measure_checkpoint(state) -> dict:
 
 STARTUP = """
 import json, sys, time; t0 = time.perf_counter()
-import jax, numpy as np; from flax import nnx
-from repro import data, environment, model, rng, shuffle, train
+import jax, numpy as np
+from repro import Config, rng, state, train
+from repro.tasks.cnn import CNN
 t_import = time.perf_counter()
 jax.config.update("jax_compilation_cache_dir", sys.argv[1])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-ds = data.load("fashion_mnist", log=lambda _: None)
+task = CNN(); split = task.data().train
 t_data = time.perf_counter()
-keys = rng.streams(0); g, s = nnx.split(model.create(keys["params"], 1e-3))
-chunk = train.make_train_chunk(g, chunk_steps=100, num_examples=60000, batch_size=64)
-x, y = jax.device_put(ds.train_images), jax.device_put(ds.train_labels)
-s, t = chunk(s, x, y, keys, np.int32(0), np.int32(1)); np.asarray(t["loss"])
+keys = rng.streams(0); built = state.build(task, Config(), keys, 2811, None)
+chunk = train.make_train_chunk(built.graphdef, task, chunk_steps=100, num_examples=60000,
+                               batch_size=64)
+s, t = chunk(built.state, jax.device_put(split), keys, np.int32(0), np.int32(1))
+np.asarray(t["loss"])
 t_first = time.perf_counter()
 print(json.dumps({"import_s": t_import - t0, "data_s": t_data - t_import,
                   "compile_and_first_step_s": t_first - t_data, "total_s": t_first - t0}))
@@ -211,27 +149,21 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=2,
                       help="alternating measurements of each contender (the best is kept)")
   args = parser.parse_args()
-  dataset = data.load("fashion_mnist", log=print)
+  train_split = cnn.CNN().data().train
   print("measuring: ours, loop (our model), loop (nnx.Conv), bound, checkpoints, start-up, "
         "bin/train", flush=True)
-  # Side by side and alternating, twice; the faster of each pair is kept, so
-  # a noisy neighbour slows one measurement rather than one contender.
-  runs = {"ours": [], "loop": [], "loop_conv": []}
-  for _ in range(args.repeats):
-    runs["ours"].append(measure_ours(dataset, args.chunk_steps))
-    runs["loop"].append(measure_loop(dataset, conv_model=False))
-    runs["loop_conv"].append(measure_loop(dataset, conv_model=True))
-  ours, loop, loop_conv = (min(runs[k], key=lambda r: r["epoch_s"])
-                           for k in ("ours", "loop", "loop_conv"))
-  for name, measured in runs.items():
-    print(f"{name}: epoch seconds " + ", ".join(f"{r['epoch_s']:.1f}" for r in measured),
-          flush=True)
-  bound = measure_bound(ours["graphdef"], ours["state"], dataset)
+  best = best_of({
+      "ours": lambda: measure_ours(cnn.CNN(), train_split, BATCH, args.chunk_steps),
+      "loop": lambda: measure_loop(cnn.CNN(), train_split, BATCH),
+      "loop_conv": lambda: measure_loop(ArticleCNN(), train_split, BATCH),
+  }, args.repeats)
+  ours, loop, loop_conv = best["ours"], best["loop"], best["loop_conv"]
+  bound = measure_bound(ours["graphdef"], ours["state"], train_split)
   ckpt = measure_checkpoint(ours["state"])
   startup = measure_startup()
   binary = measure_binary(args.epochs)
   report = {
-      "ours": {k: v for k, v in ours.items() if k not in ("state", "graphdef")},
+      "ours": public(ours),
       "loop_our_model": loop, "loop_nnx_conv": loop_conv, "bound": bound,
       "checkpoint": ckpt, "startup": startup, "bin_train": binary,
       "ratios": {

@@ -16,8 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import measure_ours  # noqa: E402
-from repro import data  # noqa: E402
+from common import measure_ours  # noqa: E402
+from repro.tasks.cnn import CNN  # noqa: E402
 
 
 def main() -> None:
@@ -25,10 +25,10 @@ def main() -> None:
   parser.add_argument("--lengths", default="10,25,100,400")
   parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "chunks.json"))
   args = parser.parse_args()
-  dataset = data.load("fashion_mnist", log=print)
+  train_split = CNN().data().train
   report = {}
   for length in (int(x) for x in args.lengths.split(",")):
-    r = measure_ours(dataset, length)
+    r = measure_ours(CNN(), train_split, 64, length)
     report[length] = {"epoch_s": r["epoch_s"], "step_ms": r["step_ms"],
                       "compile_and_first_chunk_s": r["compile_and_first_chunk_s"]}
     print(length, json.dumps(report[length]), flush=True)

@@ -23,7 +23,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from repro import data, digest, model, rng, train
+from repro import Config, digest, rng, state, train
+from repro.tasks.cnn import CNN
 
 
 def main() -> None:
@@ -32,16 +33,15 @@ def main() -> None:
   parser.add_argument("--chunk", type=int, default=20)
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
-  dataset = data.load("fashion_mnist", log=lambda _: None)
+  task = CNN()
+  split = jax.device_put(task.data().train)
   keys = rng.streams(0)
-  graphdef, state = nnx.split(model.create(keys["params"], 1e-3))
-  chunk = train.make_train_chunk(graphdef, chunk_steps=args.chunk,
-                                 num_examples=len(dataset.train_labels), batch_size=64)
-  images, labels = jax.device_put(dataset.train_images), jax.device_put(dataset.train_labels)
+  built = state.build(task, Config(), keys, 10**6, mesh=None)
+  chunk = train.make_train_chunk(built.graphdef, task, chunk_steps=args.chunk,
+                                 num_examples=len(split["label"]), batch_size=64)
   results, started = [], time.time()
   for _ in range(args.calls):
-    out_state, outputs = chunk(state, images, labels, keys["shuffle"], np.int32(0),
-                               np.int32(args.chunk))
+    out_state, outputs = chunk(built.state, split, keys, np.int32(0), np.int32(args.chunk))
     h = hashlib.sha256(digest.tree_digest(nnx.to_pure_dict(out_state)).encode())
     h.update(np.asarray(jax.tree.leaves(outputs)[0]).tobytes())
     results.append(h.hexdigest())

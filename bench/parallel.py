@@ -33,9 +33,9 @@ def name(setting) -> str:
 def child(devices: int, micro_shards: int, steps: int) -> None:
   sys.path.insert(0, str(HERE))
   sys.path.insert(0, str(HERE.parent))
-  from bench import measure_ours
-  from repro import data
-  r = measure_ours(data.load("fashion_mnist", log=lambda _: None), 100, devices=devices,
+  from common import measure_ours
+  from repro.tasks.cnn import CNN
+  r = measure_ours(CNN(), CNN().data().train, 64, 100, devices=devices,
                    micro_shards=micro_shards, steps=steps)
   print(json.dumps({"step_ms": r["step_ms"],
                     "compile_and_first_chunk_s": r["compile_and_first_chunk_s"]}))

@@ -183,13 +183,59 @@ def _prepare_with_tfds(dataset: str, data_dir: Path, root: Path, config_name: st
       download_config=tfds.download.DownloadConfig(manual_dir=str(data_dir)))
   cache.mkdir(parents=True, exist_ok=True)
   for split in ("train", "test"):
-    source = builder.as_data_source(split=split)
-    examples = source.__getitems__(list(range(len(source))))
-    images = np.stack([e["image"] for e in examples]) if examples else np.zeros(
-        (0,) + IMAGE_SHAPE, np.uint8)
-    labels = np.array([e["label"] for e in examples], dtype=np.int32)
-    _save_atomic(cache / f"{split}-labels.npy", labels)
-    _save_atomic(cache / f"{split}-images.npy", images)
+    arrays = _read_split(builder, split)
+    _save_atomic(cache / f"{split}-labels.npy", arrays["label"].astype(np.int32))
+    _save_atomic(cache / f"{split}-images.npy", arrays["image"])
+
+
+def _read_split(builder, split: str) -> dict[str, np.ndarray]:
+  """Every example of a prepared TFDS split (array_record) as {feature: array}."""
+  source = builder.as_data_source(split=split)
+  examples = source.__getitems__(list(range(len(source))))
+  if not examples:
+    raise ReproError(f"split {split!r} of {builder.name} is empty")
+  return {name: np.stack([np.asarray(e[name]) for e in examples]) for name in examples[0]}
+
+
+def tfds_split(name: str, split: str, data_dir: str | None = None) -> dict[str, np.ndarray]:
+  """Every example of a split of a TFDS dataset prepared offline, as {feature: array}.
+
+  For a task's data(): repro never downloads, so the dataset must already be
+  prepared (e.g. with `tfds build`) in array_record format.
+
+  Args:
+    name: a registered TFDS name ('mnist', 'mnist:3.0.1') found in data_dir,
+      or the directory of a prepared dataset (<data_dir>/<name>/<config>/<version>).
+    split: 'train', 'test', or any TFDS split expression ('train[:90%]').
+    data_dir: the TFDS data directory; None means $TFDS_DATA_DIR or
+      ~/tensorflow_datasets.
+
+  Returns:
+    The split's features stacked over its examples (nested features are not
+    supported), in TFDS's stored order.
+  """
+  import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()
+  root = _tfds_dir(data_dir)
+  try:
+    if Path(name).expanduser().is_dir():
+      builder = tfds.builder_from_directory(str(Path(name).expanduser()))
+    else:
+      builder = tfds.builder(name, data_dir=str(root))
+  except Exception as err:  # TFDS raises its own types for unknown or broken datasets
+    raise ReproError(f"cannot open TFDS dataset {name!r} ({type(err).__name__}: "
+                     f"{' '.join(str(err).split())[:160]})") from None
+  if not builder.is_prepared():
+    raise ReproError(f"TFDS dataset {name!r} is not prepared in {root}: prepare it there (e.g. "
+                     f"`tfds build {name} --data_dir={root}` where a network is reachable); "
+                     f"repro never downloads")
+  try:
+    return _read_split(builder, split)
+  except ReproError:
+    raise
+  except Exception as err:
+    raise ReproError(f"cannot read split {split!r} of TFDS dataset {name!r} "
+                     f"({type(err).__name__}: {' '.join(str(err).split())[:160]})") from None
 
 
 def load(dataset: str, data_dir: str | None = None, tfds_dir: str | None = None,

@@ -110,6 +110,24 @@ def abstract(tree, mesh: jax.sharding.Mesh | None):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
+def first_device() -> jax.Device:
+  """This process's first device: where it evaluates (see on_one_device)."""
+  return jax.local_devices()[0]
+
+
+def on_one_device(tree):
+  """This process's copy of a replicated pytree, on first_device() (its shard there)."""
+  device = first_device()
+
+  def local(x):
+    if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1:
+      shard = next((s.data for s in x.addressable_shards if s.device == device), None)
+      return shard if shard is not None else jax.device_put(x.addressable_data(0), device)
+    return x
+
+  return jax.tree.map(local, tree)
+
+
 def to_host(x) -> np.ndarray:
   """A host copy of a replicated array, also where other processes hold devices of it."""
   if isinstance(x, jax.Array) and not x.is_fully_addressable:

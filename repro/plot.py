@@ -1,26 +1,39 @@
-"""Loss and accuracy curves of one or more runs, overlaid, with checkpoints and resumes marked."""
+"""Loss and validation curves of one or more runs, overlaid, with checkpoints and resumes marked."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from repro import metrics
 from repro.errors import ReproError
 
 
+def validation_metric(run_dir: Path, records: list[dict]) -> str | None:
+  """The run's monitored metric (config.json), else val_accuracy, else val_loss, if logged."""
+  try:
+    monitor = json.loads((run_dir / "config.json").read_text()).get("monitor")
+  except (OSError, ValueError):
+    monitor = None
+  logged = {k for r in records for k in r if k.startswith("val_")}
+  return next((m for m in (monitor, "val_accuracy", "val_loss") if m in logged), None)
+
+
 def _series(run_dir: Path) -> dict:
   records = metrics.read(run_dir / metrics.FILENAME)
   events = metrics.read(run_dir / metrics.EVENTS_FILENAME)
+  metric = validation_metric(run_dir, records)
   return {
       "loss": [(r["step"], r["loss"]) for r in records if "loss" in r],
-      "val_accuracy": [(r["step"], r["val_accuracy"]) for r in records if "val_accuracy" in r],
+      "metric": metric,
+      "validation": [(r["step"], r[metric]) for r in records if metric in r],
       "checkpoints": sorted({e["step"] for e in events if e.get("event") == "checkpoint"}),
       "resumes": sorted({e["step"] for e in events if e.get("event") == "resume"}),
   }
 
 
 def plot(runs: list[str | Path], out: str | Path) -> Path:
-  """Writes a PNG of the runs' training loss (and validation accuracy, if any) to `out`.
+  """Writes a PNG of the runs' training loss (and monitored validation metric, if any) to `out`.
 
   Checkpoints are marked with dots on each loss curve, resume points with
   dashed vertical lines in the run's colour.
@@ -36,7 +49,7 @@ def plot(runs: list[str | Path], out: str | Path) -> Path:
       raise ReproError(f"{run_dir} is not a repro run directory (no {metrics.FILENAME}): "
                        f"pass run directories")
     series[run_dir] = _series(run_dir)
-  with_val = any(s["val_accuracy"] for s in series.values())
+  with_val = any(s["validation"] for s in series.values())
   fig, axes = plt.subplots(1, 2 if with_val else 1, figsize=(12 if with_val else 7, 4.5),
                            squeeze=False)
   ax_loss = axes[0][0]
@@ -52,10 +65,10 @@ def plot(runs: list[str | Path], out: str | Path) -> Path:
     for r in s["resumes"]:
       ax_loss.axvline(r, color=line.get_color(), ls="--", lw=1,
                       label=f"{run_dir.name}: resumed at {r}")
-    if with_val and s["val_accuracy"]:
-      vs, va = zip(*s["val_accuracy"])
+    if with_val and s["validation"]:
+      vs, va = zip(*s["validation"])
       axes[0][1].plot(vs, va, styles[i % len(styles)] + "o", ms=3, color=line.get_color(),
-                      label=run_dir.name)
+                      label=f"{run_dir.name}: {s['metric']}")
   ax_loss.set_yscale("log")
   ax_loss.set_xlabel("global step")
   ax_loss.set_ylabel("training loss")
@@ -63,8 +76,9 @@ def plot(runs: list[str | Path], out: str | Path) -> Path:
   ax_loss.legend(fontsize=8)
   if with_val:
     axes[0][1].set_xlabel("global step")
-    axes[0][1].set_ylabel("validation accuracy")
-    axes[0][1].set_title("validation accuracy")
+    names = sorted({s["metric"] for s in series.values() if s["metric"]})
+    axes[0][1].set_ylabel(", ".join(names))
+    axes[0][1].set_title("validation")
     axes[0][1].legend(fontsize=8)
   fig.tight_layout()
   out = Path(out).expanduser()

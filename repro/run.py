@@ -182,9 +182,10 @@ def run(config: Config, task: task_lib.Task | None = None, *,
   log = log if primary else (lambda _: None)  # one process speaks
   output = _check_output(config, task)
   data = _prepare_data(task, config, primary)
+  environment.enable_compilation_cache()
+  training = _Run(config, task, output, data, mesh, log)  # builds and checks; writes nothing
   if primary:
     output.mkdir(parents=True, exist_ok=True)
-  environment.enable_compilation_cache()
   run_lock = lock_lib.RunLock(output) if primary else None
   parallel.barrier("repro-output")
   try:
@@ -196,7 +197,7 @@ def run(config: Config, task: task_lib.Task | None = None, *,
               f", topology-invariant with {config.micro_shards} micro-shards"
               if config.micro_shards else ""))
     with StopRequests() as stop:
-      return _Run(config, task, output, data, mesh, log).train(stop, list(components))
+      return training.train(stop, list(components))
   finally:
     if run_lock:
       run_lock.release()
@@ -229,8 +230,12 @@ class _Run:
     return parallel.replicate(tree, self.mesh)
 
   def evaluate(self, state, split, prefix: str) -> dict[str, float]:
-    """The task's metrics over `split`, as process 0 computed them, prefixed."""
-    means = self.evaluate_fn(state, split)
+    """The task's metrics over `split`, as process 0 computed them, prefixed.
+
+    Evaluated on this process's first device: one single-device program on
+    every topology (so the same bits), and no device repeats another's work.
+    """
+    means = self.evaluate_fn(parallel.on_one_device(state), split)
     names = sorted(means)
     values = parallel.from_primary(np.array([parallel.to_host(means[k]) for k in names]))
     summary = self.task.summarize({k: float(v) for k, v in zip(names, values)})
@@ -317,10 +322,11 @@ class _Run:
     """repro's own components, in the order they act (see repro.components)."""
     config, step = self.config, ctx.step
     found = [signals]
+    one = lambda split: None if split is None else jax.device_put(split, parallel.first_device())
     if self.data.validation is not None:
-      found.append(parts.Validation(self.evaluate, self.put(self.data.validation), config,
+      found.append(parts.Validation(self.evaluate, one(self.data.validation), config,
                                     self.settings, self.spe, self.total, self.put, self.log))
-    test = self.put(self.data.test) if self.data.test is not None else None
+    test = one(self.data.test)
     found.append(parts.FinalTest(self.evaluate, test))
     syncs = []
     if self.primary:

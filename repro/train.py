@@ -36,6 +36,14 @@ from repro.task import Task, unpack_loss
 
 EVAL_BATCH = 1000
 _GOLDEN = 2654435761  # Knuth's multiplicative hash constant (uint32)
+# XLA compiles a program for one device through another pipeline than for
+# several (no SPMD partitioner), and its algebraic simplifier then rewrites some
+# arithmetic differently: measured on the charlm task, a softmax's x / sum
+# became x * (1 / sum) on one device only, and the ResNet's bits followed the
+# process's device count. Programs of the topology-invariant mode are compiled
+# without that pass, so the same floating-point operations run on every device
+# count (tests/test_tasks.py); its cost is measured in bench/parallel.py.
+INVARIANT_COMPILER_OPTIONS = {"xla_disable_hlo_passes": "algsimp"}
 _OTHER = nnx.Not(nnx.Any(nnx.Param, nnx.RngState))  # non-parameter state a step may update
 
 
@@ -195,7 +203,8 @@ def make_train_chunk(graphdef: nnx.GraphDef, task: Task, *, chunk_steps: int,
   else:
     replicated = jax.sharding.PartitionSpec()
     compiled = jax.jit(jax.shard_map(chunk, mesh=mesh, in_specs=replicated,
-                                     out_specs=replicated, check_vma=False))
+                                     out_specs=replicated, check_vma=False),
+                       compiler_options=INVARIANT_COMPILER_OPTIONS if micro_shards else None)
 
   def train_chunk(state, data, keys, first_step, num_steps):
     return compiled(state, data, keys, first_step, num_steps, np.int32(reduction.trip))
@@ -240,7 +249,8 @@ def make_evaluate(graphdef: nnx.GraphDef, task: Task) -> Callable:
 
   The model is in evaluation mode (model.eval(): dropout off, BatchNorm's
   running statistics). The split is read in batches of EVAL_BATCH examples,
-  the last one padded and masked.
+  the last one padded and masked. Callers run it on one device
+  (parallel.on_one_device), so that it is the same program on every topology.
   """
 
   @jax.jit

@@ -5,6 +5,8 @@ REPRO_TEST_FAULT=kill_after_chunk:<step>  SIGKILLs the process at the chunk boun
                                           <step>, after repro's own components acted
 REPRO_TEST_FAULT=kill_in_save:<step>      SIGKILLs it once the checkpoint of <step> has
                                           started writing in the background
+REPRO_TEST_FAULT=term_after_chunk:<step>  sends it a SIGTERM there (the run stops at the
+                                          next boundary, as for any SIGTERM)
 The library itself has no fault hook: this adds a repro.Component to bin/train.
 """
 
@@ -14,6 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tiny_tasks
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from absl import app  # noqa: E402
@@ -28,7 +31,11 @@ class KillAt(repro.Component):
     self.kind, self.step = kind, int(step)
 
   def at_boundary(self, ctx: repro.Context) -> None:
-    if ctx.step == self.step and (self.kind == "kill_after_chunk" or ctx.saved_step == ctx.step):
+    if ctx.step != self.step:
+      return
+    if self.kind == "term_after_chunk":
+      os.kill(os.getpid(), signal.SIGTERM)
+    elif self.kind == "kill_after_chunk" or ctx.saved_step == ctx.step:
       os.kill(os.getpid(), signal.SIGKILL)
 
 

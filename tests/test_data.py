@@ -119,3 +119,23 @@ def test_real_fashion_mnist_files_from_debian_parse():
   test_images, _ = data.read_split(files, "test")
   assert test_images.shape == (10000, 28, 28, 1)
   assert np.bincount(labels).tolist() == [6000] * 10
+
+
+def test_a_prepared_tfds_dataset_reads_offline_by_directory(tmp_path):
+  src = idx_data.write_dataset(tmp_path / "idx", n_train=40, n_test=10)
+  loaded = data.load("fashion_mnist", str(src), str(tmp_path / "tfds"), log=lambda _: None)
+  prepared = next((tmp_path / "tfds" / "repro_fashion_mnist").glob("idx_*/1.0.0"))
+  train = data.tfds_split(str(prepared), "train")
+  assert sorted(train) == ["image", "label"]
+  assert np.array_equal(train["image"], loaded.train_images)
+  assert np.array_equal(train["label"], loaded.train_labels)
+  assert len(data.tfds_split(str(prepared), "test[:4]")["label"]) == 4
+
+
+def test_a_tfds_dataset_that_is_not_prepared_is_one_line_and_never_downloaded(tmp_path):
+  with pytest.raises(ReproError, match=r"TFDS dataset 'mnist' is not prepared in .*repro never "
+                                       r"downloads"):
+    data.tfds_split("mnist", "train", str(tmp_path / "empty"))
+  with pytest.raises(ReproError, match="cannot open TFDS dataset 'no_such_dataset_xyz'"):
+    data.tfds_split("no_such_dataset_xyz", "train", str(tmp_path / "empty"))
+  assert not (tmp_path / "empty" / "downloads").exists()

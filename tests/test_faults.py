@@ -61,8 +61,8 @@ def reference(idx_dir, tfds_dir, tmp_path_factory):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_at_a_chunk_boundary_with_a_checkpoint_and_resumes_bitwise(small, sig):
-  long = small("long", epochs=40, checkpoint_every=1000, chunk_steps=4)  # 640 steps
-  reference = quiet(small("long-ref", epochs=40, checkpoint_every=1000, chunk_steps=4))
+  long = small("long", epochs=20, checkpoint_every=1000, chunk_steps=4)  # 320 steps
+  reference = quiet(small("long-ref", epochs=20, checkpoint_every=1000, chunk_steps=4))
   proc = start(long)
   wait_for_steps(Path(long.output), 8, proc)
   proc.send_signal(sig)
@@ -72,7 +72,7 @@ def test_signal_stops_at_a_chunk_boundary_with_a_checkpoint_and_resumes_bitwise(
   line = out.strip().splitlines()[-1]
   assert line.startswith(f"stopped: {sig.name} at step ") and "rerun the same command" in line
   stopped_at = int(line.split(" at step ")[1].split(";")[0])
-  assert 8 <= stopped_at < 640 and (Path(long.output) / str(stopped_at)).is_dir()
+  assert 8 <= stopped_at < 320 and (Path(long.output) / str(stopped_at)).is_dir()
   resumed = quiet(long)
   assert resumed.resumed_from == stopped_at
   assert_matches(reference, resumed)

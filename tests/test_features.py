@@ -164,3 +164,12 @@ def test_plot_writes_a_png_of_overlaid_runs(small, tmp_path):
   assert unwritable.returncode == 2 and "Traceback" not in unwritable.stderr
   lines = unwritable.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: cannot write --out")
+
+
+def test_plot_shows_the_monitored_metric_else_accuracy_else_loss(tmp_path):
+  from repro import plot
+  records = [{"step": 4, "val_loss": 2.0, "val_perplexity": 7.4}]
+  assert plot.validation_metric(tmp_path, records) == "val_loss"
+  (tmp_path / "config.json").write_text(json.dumps({"monitor": "val_perplexity"}))
+  assert plot.validation_metric(tmp_path, records) == "val_perplexity"
+  assert plot.validation_metric(tmp_path, [{"step": 1, "loss": 1.0}]) is None

@@ -6,7 +6,8 @@
 
 The text is cut into windows of context+1 characters (the last tenth of them
 is the test split); the loss is next-character cross-entropy, the evaluation
-metrics are per-character loss, perplexity and accuracy.
+metrics are per-character loss, perplexity and accuracy. The optimizer is its
+own optax chain: gradient clipping, then AdamW.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class CharLM(Task):
   """
 
   name = "charlm"
-  architecture = "CharTransformer-v1:embed+pos-prenorm(mha,mlp4x)-norm-dense"
+  architecture = "CharTransformer-v1:embed+pos-prenorm(mha,mlp4x)-norm-dense:clip1-adamw0.01"
   higher_is_better = ("accuracy",)
   location_options = ("text",)
 
@@ -108,6 +109,11 @@ class CharLM(Task):
         raise ReproError(f"{name} must be a positive integer, got {value!r}")
     if self.width % self.heads:
       raise ReproError(f"width {self.width} must be divisible by heads {self.heads}")
+
+  def optimizer(self, learning_rate) -> optax.GradientTransformation:
+    """AdamW with the global gradient norm clipped to 1, as transformers are usually trained."""
+    return optax.chain(optax.clip_by_global_norm(1.0),
+                       optax.adamw(learning_rate, weight_decay=0.01))
 
   def model(self, rngs: nnx.Rngs) -> nnx.Module:
     vocabulary, _ = read_corpus(self.text)

@@ -1,0 +1,67 @@
+"""Tasks with a mistake each, as a user might write them: repro must say what is wrong in one line."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from repro import Splits, Task
+
+not_a_task = 42
+X = np.linspace(-1, 1, 128, dtype=np.float32).reshape(64, 2)
+
+
+class Linear(nnx.Module):
+  def __init__(self, rngs):
+    self.layer = nnx.Linear(2, 3, rngs=rngs)
+
+  def __call__(self, x):
+    return self.layer(x)
+
+
+@dataclasses.dataclass
+class Fine(Task):
+  name = "fine"
+
+  def model(self, rngs):
+    return Linear(rngs)
+
+  def loss(self, model, batch):
+    return jnp.mean((model(batch["x"]) - batch["y"]) ** 2)
+
+  def data(self):
+    return Splits(train={"x": X, "y": np.zeros((64, 3), np.float32)})
+
+
+class RaisesInModel(Fine):
+  def model(self, rngs):
+    raise ValueError("width 0 is not a width")
+
+
+class RaisesInData(Fine):
+  def data(self):
+    return open("/nonexistent/train.npy", "rb")
+
+
+class NonScalarLoss(Fine):
+  def loss(self, model, batch):
+    return (model(batch["x"]) - batch["y"]) ** 2  # forgot the mean
+
+
+class SplitsDisagree(Fine):
+  def data(self):
+    return Splits(train={"x": X, "y": np.zeros((63, 3), np.float32)})
+
+
+class EmptySplit(Fine):
+  def data(self):
+    return Splits(train={"x": X[:0], "y": np.zeros((0, 3), np.float32)})
+
+
+class TestFeaturesDiffer(Fine):
+  def data(self):
+    return Splits(train={"x": X, "y": np.zeros((64, 3), np.float32)},
+                  test={"x": X[:8, :1], "y": np.zeros((8, 3), np.float32)})
