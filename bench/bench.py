@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from common import best_of, measure_loop, measure_ours, public  # noqa: E402
+from common import best_of, measure_loop, measure_ours, public, timed  # noqa: E402
 from repro import checkpoint, environment, rng, train  # noqa: E402
 from repro.tasks import cnn  # noqa: E402
 

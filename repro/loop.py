@@ -63,6 +63,11 @@ class Context:
     self.records, self.save = [], False
 
   @property
+  def finished(self) -> bool:
+    """The run reached its target, or early stopping ended it."""
+    return self.step >= self.target or self.control.stopped_early
+
+  @property
   def losses(self) -> list[float]:
     return [float(x) for x in self.trace["loss"]]
 

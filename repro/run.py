@@ -251,7 +251,7 @@ class _Run:
     abandoned = False  # the store is left to die with the process, unfinished saves and all
     try:
       ctx, resumed_from = self._start(store, events)
-      if ctx.step >= ctx.target or ctx.control.stopped_early:
+      if ctx.finished:
         return self._result(ctx, store, resumed_from, already_complete=True)
       self._loop(ctx, store, events, stop, extra)
       store.wait()
@@ -280,7 +280,7 @@ class _Run:
       ctx.control = control_lib.ControlState.from_json(restored.cursor.get("control"),
                                                        self.settings)
       ctx.manifest = restored.manifest
-      if ctx.step >= self.target or ctx.control.stopped_early:
+      if ctx.finished:
         why = "stopped early" if ctx.control.stopped_early else f"target {self.target}"
         self.log(f"run in {self.output} is already complete at step {ctx.step} ({why}); nothing "
                  f"to do" + ("" if ctx.control.stopped_early else ": raise --epochs to train "
