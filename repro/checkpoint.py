@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 from etils import epath  # Orbax's path type; its handlers want one
 
 from repro import parallel
+from repro.errors import CheckpointWriteError, os_cause
 
 ITEMS = ("state", "cursor", "manifest")
 
@@ -66,6 +67,7 @@ class Store:
       retention = dict(preservation_policy=policy)
     else:
       retention = dict(max_to_keep=max_to_keep)
+    self._writing: int | None = None  # the step whose save may still be in flight
     self.manager = ocp.CheckpointManager(
         self.directory,
         # Half-written steps (<step>.orbax-checkpoint-tmp*, left by a crash or a
@@ -94,11 +96,20 @@ class Store:
 
   def save(self, step: int, state: dict, cursor: dict, manifest: dict,
            metrics: dict | None = None) -> None:
-    """Starts saving `step`; the arrays are copied before it returns."""
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        cursor=ocp.args.JsonSave(cursor),
-        manifest=ocp.args.JsonSave(manifest)), metrics=metrics)
+    """Starts saving `step`; the arrays are copied before it returns.
+
+    Raises CheckpointWriteError if this save, or the previous one's writing
+    in the background, failed (a full disk, an I/O error).
+    """
+    self.wait()  # the previous save's background errors belong to that step
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          cursor=ocp.args.JsonSave(cursor),
+          manifest=ocp.args.JsonSave(manifest)), metrics=metrics)
+    except Exception as err:  # Orbax passes OSError and tensorstore's errors through
+      raise self._write_error(step, err) from None
+    self._writing = step
 
   def restore(self, step: int, template: dict) -> Restored:
     """Restores `step` into the shapes and dtypes of `template` (abstract pure dict)."""
@@ -118,7 +129,33 @@ class Store:
     return restored[item]
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Blocks until the save in flight is on disk; CheckpointWriteError if it failed."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as err:
+      raise self._write_error(self._writing, err) from None
+    # Orbax logs some background failures instead of raising them. (In a run of
+    # several processes only process 0 renames, so one process alone must not
+    # decide this: the others would wait for it at the next barrier.)
+    if (self._writing is not None and jax.process_count() == 1
+        and not self.step_path(self._writing).is_dir()):
+      raise self._write_error(self._writing, RuntimeError("it was never finalized"))
+    self._writing = None
+
+  def _write_error(self, step: int | None, err: Exception) -> CheckpointWriteError:
+    """The failure of the save of `step`.
+
+    Its half-written directory (<step>.orbax-checkpoint-tmp*) is never
+    finalized, so it never counts; the next start removes it (Orbax's writer
+    threads may still be creating it now).
+    """
+    kept = [s for s in self.all_steps() if self.step_path(s).is_dir()]
+    resume = (f"resume from step {kept[-1]}" if kept else "start afresh")
+    return CheckpointWriteError(
+        f"cannot write checkpoint step {step} to {self.directory}: {os_cause(err)}; the "
+        f"half-written step is discarded and the finalized checkpoints "
+        f"({', '.join(map(str, kept)) or 'none'}) are intact: fix the cause (free space) and "
+        f"rerun the same command to {resume}")
 
   def close(self) -> None:
     self.manager.close()

@@ -16,7 +16,7 @@ from ml_collections import config_flags
 
 from repro import task as task_lib
 from repro.config import Config
-from repro.errors import PeerLost, ReproError
+from repro.errors import CheckpointWriteError, NonFiniteLoss, PeerLost, ReproError
 from repro.stop import EXIT_STOPPED
 from repro.tasks import DEFAULT as DEFAULT_TASK
 
@@ -178,13 +178,13 @@ def _one_line_errors(main):
 
   @functools.wraps(main)
   def wrapped(argv: list[str], **kwargs) -> int:
-    if not FLAGS["verbosity"].present:  # Orbax logs every save at INFO; -v 0 shows it
-      logging.set_verbosity(logging.WARNING)
+    if not FLAGS["verbosity"].present:  # repro says what matters in its own lines;
+      logging.set_verbosity(logging.FATAL)  # Orbax, TFDS, ...: -v 0 shows their logs
     try:
       return main(argv, **kwargs)
-    except ReproError as err:
+    except (ReproError, NonFiniteLoss) as err:
       print(f"error: {err}", file=sys.stderr)
-      return EXIT_BAD_INPUT
+      return err.exit_code
     except BrokenPipeError:  # `bin/train | head`: the reader has all it wanted
       _drop_stdout()
       return 0
@@ -207,10 +207,12 @@ def train_main(argv: list[str], components=()) -> int:
   from repro.run import run
   try:
     result = run(config, components=components)
-  except PeerLost as err:
+  except (PeerLost, CheckpointWriteError) as err:
     print(f"error: {err}", file=sys.stderr, flush=True)
     sys.stdout.flush()
-    os._exit(EXIT_STOPPED)  # jax.distributed's exit barrier would wait for the dead process
+    # At once: jax.distributed's exit barrier would wait for a dead process, and a
+    # failed checkpoint writer's threads for what will never come.
+    os._exit(err.exit_code)
   if not parallel.is_primary():
     return EXIT_STOPPED if result.stopped_by else 0
   if result.stopped_by:

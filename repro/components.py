@@ -2,6 +2,8 @@
 
 repro.run builds them in this order, which is the order they act in:
   StopOnSignal  a SIGTERM/SIGINT (in any process) stops the run at this boundary
+  FiniteGuard   a NaN or infinite loss or state stops the run before anything
+                of this chunk is logged or saved
   Validation    evaluates at epoch ends and every eval_every steps; early
                 stopping, the plateau schedule, the best checkpoint
   FinalTest     evaluates the test split once the target step is reached
@@ -16,6 +18,7 @@ User components (repro.run's `components`) act after these.
 from __future__ import annotations
 
 import datetime
+import logging
 import math
 import sys
 from pathlib import Path
@@ -29,6 +32,7 @@ from repro import control as control_lib
 from repro import metrics as metrics_lib
 from repro import optim
 from repro import parallel
+from repro.errors import NonFiniteLoss
 from repro.loop import Component, Context
 
 
@@ -61,6 +65,43 @@ class StopOnSignal(Component):
 
   def at_boundary(self, ctx: Context) -> None:
     ctx.stop = ctx.stop or self.poll()
+
+
+class FiniteGuard(Component):
+  """Stops the run at the first NaN or infinite loss, or a non-finite state.
+
+  The losses are the trace's, already on the host once per chunk (no extra
+  sync per step); the state is checked once per chunk (the last step's update
+  may make it non-finite while its loss is still finite). It acts before the
+  logs and the checkpointer, so no non-finite state is ever saved and no
+  finite checkpoint is rotated away. With allow (--allow_nonfinite) it warns
+  once and lets the run go on.
+  """
+
+  def __init__(self, all_finite: Callable, allow: bool, checkpoint_path: Callable,
+               log: Callable):
+    self.all_finite, self.allow, self.checkpoint_path = all_finite, allow, checkpoint_path
+    self.log, self.warned = log, False
+
+  def at_boundary(self, ctx: Context) -> None:
+    losses = np.asarray(ctx.trace["loss"])
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if len(bad):
+      what = f"the loss became {losses[bad[0]]} at step {ctx.first + 1 + int(bad[0])}"
+    elif not self.all_finite(ctx.state):
+      what = f"the model or optimizer state became non-finite by step {ctx.step}"
+    else:
+      return
+    if self.allow:
+      if not self.warned:
+        self.log(f"warning: {what}; training on (--allow_nonfinite)")
+        self.warned = True
+      return
+    last = (f"the last finite checkpoint is {self.checkpoint_path(ctx.saved_step)}"
+            if ctx.saved_step is not None else "no checkpoint was saved")
+    raise NonFiniteLoss(f"{what}: stopped, nothing non-finite was saved and {last}: rerun with "
+                        f"a lower --learning_rate (or gradient clipping in the task's "
+                        f"optimizer) and a new --output, or pass --allow_nonfinite to train on")
 
 
 class Validation(Component):
@@ -165,6 +206,9 @@ class TensorBoard(Component):
 
   def __init__(self, output: Path, step: int):
     from tensorboardX import SummaryWriter
+    # Its own warnings (e.g. "NaN or Inf found in input tensor" under
+    # --allow_nonfinite) are not for the user: repro says what happened.
+    logging.getLogger("tensorboardX").setLevel(logging.ERROR)
     self.writer = SummaryWriter(logdir=str(output / "tensorboard"),
                                 purge_step=step + 1 if step else None, flush_secs=30)
 

@@ -63,6 +63,8 @@ class Config:
   progress: bool = _field(True, "Show a progress bar.")
   strict: bool = _field(False, "Refuse to resume a checkpoint written with other package "
                         "versions or on another platform (default: warn).")
+  allow_nonfinite: bool = _field(False, "Train on after a NaN or infinite loss (default: stop "
+                                 "at the first one, exit 3; no non-finite state is saved).")
   validation_examples: int = _field(0, "Hold out the last N training examples as a static "
                                     "validation set (for tasks without a validation split).",
                                     min=0)

@@ -6,19 +6,27 @@ files of the dataset from a local directory (Debian's dataset-fashion-mnist
 puts Fashion-MNIST in /usr/share/datasets/fashion-mnist) and prepares it once
 in the TFDS data directory, under a builder config named by the sha256 of the
 source files, so other files never reuse a stale copy. The decoded arrays are
-cached beside the prepared copy; repro.splits fingerprints the arrays
-themselves for every run.
+cached beside the prepared copy with the sha256 of each file recorded at
+preparation: every load verifies them, parses the very bytes it verified, and
+rebuilds a damaged cache (TFDS's prepared copy included) from the source.
+repro.splits then fingerprints the arrays themselves for every run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
+import io
+import json
 import os
+import shutil
+import logging
 import tempfile
 import zlib
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -36,6 +44,7 @@ INSTALL_HINT = {
              "and t10k-labels-idx1-ubyte (each may end in .gz)",
 }
 DATASETS = tuple(DEFAULT_DATA_DIRS)
+NOTES = logging.getLogger("repro.data")  # what a load says; repro.run routes it to its log
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
@@ -43,6 +52,10 @@ IDX_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 IMAGE_SHAPE = (28, 28, 1)
+# The decoded cache: its arrays, and the sha256 of each file recorded when it was
+# prepared from the source; every load verifies them.
+CACHED = ("train-images.npy", "train-labels.npy", "test-images.npy", "test-labels.npy")
+FINGERPRINTS = "fingerprints.json"
 NUM_CLASSES = 10
 BUILDER_VERSION = "1.0.0"
 
@@ -158,17 +171,33 @@ def _builder_class(dataset: str):
   return LocalIdx
 
 
+def _check_writable(root: Path) -> None:
+  try:
+    root.mkdir(parents=True, exist_ok=True)
+  except OSError as err:
+    raise ReproError(f"cannot create the TFDS directory {root} ({err.strerror}): "
+                     f"pass --task.tfds_dir=DIR on a writable disk") from None
+  if not os.access(root, os.W_OK):
+    raise ReproError(f"TFDS directory {root} is not writable: pass --task.tfds_dir=DIR")
+
+
 def _tfds_dir(tfds_dir: str | None) -> Path:
   if tfds_dir:
     return Path(tfds_dir).expanduser()
   return Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
 
 
-def _save_atomic(path: Path, array: np.ndarray) -> None:
+def _write_atomic(path: Path, blob: bytes) -> None:
   fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
   with os.fdopen(fd, "wb") as f:
-    np.save(f, array)
+    f.write(blob)
   os.replace(tmp, path)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+  buffer = io.BytesIO()
+  np.save(buffer, array)
+  return buffer.getvalue()
 
 
 def _prepare_with_tfds(dataset: str, data_dir: Path, root: Path, config_name: str,
@@ -179,13 +208,42 @@ def _prepare_with_tfds(dataset: str, data_dir: Path, root: Path, config_name: st
   builder = _builder_class(dataset)(
       config=tfds.core.BuilderConfig(name=config_name), data_dir=str(root),
       file_format="array_record")
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(data_dir)))
+  with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints "Downloading and preparing"
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(data_dir)))
   cache.mkdir(parents=True, exist_ok=True)
+  recorded = {}
   for split in ("train", "test"):
     arrays = _read_split(builder, split)
-    _save_atomic(cache / f"{split}-labels.npy", arrays["label"].astype(np.int32))
-    _save_atomic(cache / f"{split}-images.npy", arrays["image"])
+    for name, array in ((f"{split}-labels.npy", arrays["label"].astype(np.int32)),
+                        (f"{split}-images.npy", arrays["image"])):
+      blob = _npy_bytes(array)
+      _write_atomic(cache / name, blob)
+      recorded[name] = hashlib.sha256(blob).hexdigest()
+  # Written last: a preparation cut short leaves no fingerprints, so it is redone.
+  _write_atomic(cache / FINGERPRINTS, json.dumps(recorded, indent=1).encode())
+
+
+def _verified_arrays(cache: Path) -> tuple[list[np.ndarray] | None, str | None]:
+  """The cached arrays if every file matches the fingerprint recorded at preparation.
+
+  Returns (arrays, None), or (None, why not) naming the first file that is
+  missing, unreadable or changed. The bytes parsed are the bytes hashed.
+  """
+  try:
+    recorded = json.loads((cache / FINGERPRINTS).read_text())
+  except (OSError, ValueError):
+    return None, f"{cache / FINGERPRINTS} is missing or unreadable"
+  arrays = []
+  for name in CACHED:
+    try:
+      blob = (cache / name).read_bytes()
+    except OSError as err:
+      return None, f"{cache / name} is unreadable ({err.strerror})"
+    if hashlib.sha256(blob).hexdigest() != recorded.get(name):
+      return None, f"{cache / name} does not match the fingerprint recorded when it was prepared"
+    arrays.append(np.load(io.BytesIO(blob), allow_pickle=False))
+  return arrays, None
 
 
 def _read_split(builder, split: str) -> dict[str, np.ndarray]:
@@ -239,7 +297,7 @@ def tfds_split(name: str, split: str, data_dir: str | None = None) -> dict[str, 
 
 
 def load(dataset: str, data_dir: str | None = None, tfds_dir: str | None = None,
-         log=print) -> Dataset:
+         log: Callable[[str], None] | None = None) -> Dataset:
   """Loads `dataset` ('mnist' or 'fashion_mnist') from local IDX files via TFDS.
 
   Args:
@@ -247,7 +305,8 @@ def load(dataset: str, data_dir: str | None = None, tfds_dir: str | None = None,
     data_dir: directory of the IDX files; None means DEFAULT_DATA_DIRS[dataset].
     tfds_dir: TFDS data directory for the prepared copy; None means
       $TFDS_DATA_DIR or ~/tensorflow_datasets.
-    log: where to say that a first preparation is happening.
+    log: where to say that a (first or repairing) preparation is happening;
+      None: the logger "repro.data" (repro.run passes its lines to its log).
 
   Returns:
     A Dataset of its train and test arrays.
@@ -259,24 +318,22 @@ def load(dataset: str, data_dir: str | None = None, tfds_dir: str | None = None,
   config_name = "idx_" + _sources_digest(files)
   root = _tfds_dir(tfds_dir)
   cache = root / f"repro_{dataset}" / config_name / BUILDER_VERSION / "decoded"
-  names = [cache / f"{s}-{k}.npy" for s in ("train", "test") for k in ("images", "labels")]
-  if not all(p.is_file() for p in names):
+  say = log or NOTES.warning
+  arrays, problem = _verified_arrays(cache)
+  if arrays is None:
+    _check_writable(root)
+    if cache.exists():  # a damaged cache: rebuild it, TFDS's prepared copy included
+      say(f"WARNING: {problem}; rebuilding it from {source}")
+      shutil.rmtree(cache.parent.parent, ignore_errors=True)
+    else:
+      say(f"preparing {dataset} from {source} with tensorflow_datasets into {root} (once)")
     for split in ("train", "test"):
       read_split(files, split)  # clear errors before TFDS sees the files
-    try:
-      root.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-      raise ReproError(f"cannot create the TFDS directory {root} ({err.strerror}): "
-                       f"pass --task.tfds_dir=DIR on a writable disk") from None
-    if not os.access(root, os.W_OK):
-      raise ReproError(f"TFDS directory {root} is not writable: pass --task.tfds_dir=DIR")
-    log(f"preparing {dataset} from {source} with tensorflow_datasets into {root} (once)")
     _prepare_with_tfds(dataset, source, root, config_name, cache)
-  try:
-    arrays = [np.load(p, allow_pickle=False) for p in names]
-  except (OSError, ValueError) as err:
-    raise ReproError(f"the decoded cache {cache} is unreadable ({err}): delete that "
-                     f"directory and run again") from None
+    arrays, problem = _verified_arrays(cache)
+    if arrays is None:
+      raise ReproError(f"the data cache {cache} cannot be written intact ({problem}): pass "
+                       f"--task.tfds_dir=DIR on a healthy disk")
   train_images, train_labels, test_images, test_labels = arrays
   return Dataset(
       name=dataset,

@@ -11,6 +11,7 @@ and compared on resume like the package versions.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import os
 import platform
@@ -30,6 +31,44 @@ _CPU_FEATURES = re.compile(r"^(sse4_2|avx|avx2|fma|f16c|avx512\w*|amx\w*|neon|as
 # Packages whose versions decide (or may decide) the trained bits.
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy",
             "tensorflow-datasets", "repro")
+
+
+# The lock of every package the README's install command installs, made by
+# pip-compile from setup.cfg's pins (BUILD.md); requirements-test.lock adds
+# the test extras. Beside the package in a checkout or editable install.
+LOCK = Path(__file__).resolve().parent.parent / "requirements.lock"
+
+
+def locked_versions(lock: Path = LOCK) -> dict[str, str]:
+  """{normalized name: version} of the `name==version` lines of a pip-compile lock."""
+  found = {}
+  for line in lock.read_text().splitlines():
+    match = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)", line)
+    if match:
+      found[_normalized(match.group(1))] = match.group(2)
+  return found
+
+
+def _normalized(name: str) -> str:
+  return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def installed_versions() -> dict[str, str]:
+  """{normalized name: version} of every distribution installed in this environment."""
+  return {_normalized(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()
+          if d.metadata["Name"]}
+
+
+def lock_status(lock: Path = LOCK) -> dict[str, object]:
+  """The lock's sha256, and each locked package installed at another version (or absent)."""
+  if not lock.is_file():
+    return {"lock_digest": None, "differs_from_lock": None}
+  installed = installed_versions()
+  differs = [f"{name}: locked {version}, installed {installed.get(name, 'none')}"
+             for name, version in sorted(locked_versions(lock).items())
+             if installed.get(name) != version]
+  return {"lock_digest": hashlib.sha256(lock.read_bytes()).hexdigest(),
+          "differs_from_lock": differs}
 
 
 def versions() -> dict[str, str | None]:
@@ -127,7 +166,7 @@ def code_revision() -> dict[str, object] | None:
 
 
 def describe(devices_used: int = 1) -> dict[str, object]:
-  return {"versions": versions(), "platform": platform_info(devices_used),
+  return {"versions": {**versions(), **lock_status()}, "platform": platform_info(devices_used),
           "code": code_revision()}
 
 

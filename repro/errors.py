@@ -1,12 +1,41 @@
-"""The one exception type users see: a message that names the problem and the fix."""
+"""The exceptions users see: each a message naming the problem and the fix, and an exit code.
+
+bin/train prints the message as one line `error: ...` and exits with the
+class's exit_code (the README's table of exit codes is this file):
+  2   ReproError      bad input, a bad task, an incompatible resume
+  3   NonFiniteLoss   the loss became NaN or infinite; nothing non-finite was saved
+  74  CheckpointWriteError  a checkpoint could not be written (disk full, I/O error)
+  75  PeerLost        another process of the run died (a signal also exits 75)
+"""
 
 
 class ReproError(Exception):
-  """Bad input, a bad path or an incompatible checkpoint.
+  """Bad input, a bad path, a bad task or an incompatible checkpoint."""
 
-  The message is one line that says what was wrong and how to fix it; the
-  binaries print it without a traceback and exit with code 2.
+  exit_code = 2
+
+
+class NonFiniteLoss(Exception):
+  """The loss (or the state about to be saved) became NaN or infinite.
+
+  The run stops at once: no non-finite state is saved, so no finite
+  checkpoint is rotated away. Rerunning with other settings (a lower learning
+  rate, gradient clipping) and a new --output trains again; --allow_nonfinite
+  trains on regardless.
   """
+
+  exit_code = 3
+
+
+class CheckpointWriteError(Exception):
+  """A checkpoint could not be written: the disk is full or the file system failed.
+
+  The half-written step is discarded and the finalized ones are intact;
+  rerunning once the cause is fixed resumes from the newest of them, bitwise.
+  bin/train exits at once: the checkpoint writer's threads are abandoned.
+  """
+
+  exit_code = 74  # EX_IOERR
 
 
 class PeerLost(Exception):
@@ -18,8 +47,24 @@ class PeerLost(Exception):
   the dead process's heartbeat timeout and then abort.
   """
 
+  exit_code = 75  # EX_TEMPFAIL, as for a stop by a signal
+
 
 def one_line(err: BaseException) -> str:
   """'Type: message' of an exception on one line (for errors in a user's code)."""
   text = " ".join(str(err).split())
   return f"{type(err).__name__}: {text[:200]}" if text else type(err).__name__
+
+
+def os_cause(err: BaseException) -> str:
+  """The operating system's words for what failed (e.g. 'No space left on device').
+
+  The first OSError in the exception's chain names it; otherwise the
+  exception's own first line.
+  """
+  seen = err
+  while seen is not None:
+    if isinstance(seen, OSError) and seen.strerror:
+      return seen.strerror
+    seen = seen.__cause__ or seen.__context__
+  return one_line(err)

@@ -109,11 +109,13 @@ def check_environment(step: int, manifest: dict, now: dict, strict: bool,
                    "xla_flags") + (() if topology_invariant else ("devices_used", "process_count"))
   defaults = {"devices_used": 1, "process_count": 1}
   diffs = []
-  for section, keys in (("versions", environment.PACKAGES + ("python",)),
+  for section, keys in (("versions", environment.PACKAGES + ("python", "lock_digest")),
                         ("platform", platform_keys)):
     for key in keys:
       if key == "repro":
         continue
+      if key == "lock_digest" and key not in saved.get(section, {}):
+        continue  # a checkpoint from before the lock: its versions are compared above
       old = saved.get(section, {}).get(key, defaults.get(key))
       new = now[section].get(key)
       if key == "xla_flags":

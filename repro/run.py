@@ -8,7 +8,9 @@ which touch no file, are repro.train.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
 import re
 from pathlib import Path
@@ -36,7 +38,7 @@ from repro import state as state_lib
 from repro import task as task_lib
 from repro import train
 from repro.config import Config
-from repro.errors import PeerLost, ReproError
+from repro.errors import CheckpointWriteError, PeerLost, ReproError
 from repro.stop import StopRequests
 
 MANIFEST_FORMAT = 2  # 2: tasks (the data section describes any task's splits)
@@ -140,7 +142,33 @@ def _check_output(config: Config, task: task_lib.Task) -> Path:
   return output
 
 
-def _prepare_data(task: task_lib.Task, config: Config, primary: bool) -> splits_lib.Prepared:
+class _Forward(logging.Handler):
+  def __init__(self, log: Callable[[str], None]):
+    super().__init__(logging.INFO)
+    self.log = log
+
+  def emit(self, record: logging.LogRecord) -> None:
+    self.log(record.getMessage())
+
+
+@contextlib.contextmanager
+def _notes_to(log: Callable[[str], None]):
+  """Meanwhile, what repro's own modules say on the logger "repro" goes to `log`."""
+  notes, handler = logging.getLogger("repro"), _Forward(log)
+  level, propagate = notes.level, notes.propagate
+  notes.addHandler(handler)
+  notes.setLevel(logging.INFO)
+  notes.propagate = False
+  try:
+    yield
+  finally:
+    notes.removeHandler(handler)
+    notes.setLevel(level)
+    notes.propagate = propagate
+
+
+def _prepare_data(task: task_lib.Task, config: Config, primary: bool,
+                  log: Callable[[str], None]) -> splits_lib.Prepared:
   """The task's splits, checked, with the validation examples held out.
 
   The primary process loads first (a task may prepare a cache, such as a TFDS
@@ -148,7 +176,8 @@ def _prepare_data(task: task_lib.Task, config: Config, primary: bool) -> splits_
   """
   if not primary:
     parallel.barrier("repro-data")
-  given = task_lib.guarded("data()", task, task.data)
+  with _notes_to(log):
+    given = task_lib.guarded("data()", task, task.data)
   if primary:
     parallel.barrier("repro-data")
   prepared = splits_lib.prepare(given, task_lib.task_name(task), config.validation_examples,
@@ -181,7 +210,7 @@ def run(config: Config, task: task_lib.Task | None = None, *,
   primary = parallel.is_primary()
   log = log if primary else (lambda _: None)  # one process speaks
   output = _check_output(config, task)
-  data = _prepare_data(task, config, primary)
+  data = _prepare_data(task, config, primary, log)
   environment.enable_compilation_cache()
   training = _Run(config, task, output, data, mesh, log)  # builds and checks; writes nothing
   if primary:
@@ -255,6 +284,9 @@ class _Run:
         return self._result(ctx, store, resumed_from, already_complete=True)
       self._loop(ctx, store, events, stop, extra)
       store.wait()
+    except CheckpointWriteError:
+      abandoned = True  # its writer threads may wait for what will never come
+      raise
     except jax.errors.JaxRuntimeError as err:
       if jax.process_count() == 1:
         raise
@@ -321,7 +353,9 @@ class _Run:
   def _components(self, ctx: loop.Context, store, events, signals) -> list[loop.Component]:
     """repro's own components, in the order they act (see repro.components)."""
     config, step = self.config, ctx.step
-    found = [signals]
+    all_finite = lambda state: bool(train.all_finite(parallel.on_one_device(state)))
+    found = [signals, parts.FiniteGuard(all_finite, config.allow_nonfinite, store.step_path,
+                                        self.log)]
     one = lambda split: None if split is None else jax.device_put(split, parallel.first_device())
     if self.data.validation is not None:
       found.append(parts.Validation(self.evaluate, one(self.data.validation), config,

@@ -108,8 +108,9 @@ class Task:
     """
     graphdef, state = nnx.split(model)
 
-    def one(example):
-      out = self.loss(nnx.merge(graphdef, state), jax.tree.map(lambda x: x[None], example))
+    def one(example):  # a copy per example: updates to Variables stay inside it
+      model_copy = nnx.merge(graphdef, state, copy=True)
+      out = self.loss(model_copy, jax.tree.map(lambda x: x[None], example))
       value, metrics = unpack_loss(out)
       return {"loss": value, **metrics}
 

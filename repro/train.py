@@ -69,6 +69,13 @@ def fingerprint(arrays) -> jax.Array:
   return total
 
 
+@jax.jit
+def all_finite(tree) -> jax.Array:
+  """True if no floating-point leaf of `tree` holds a NaN or an infinity."""
+  floats = [leaf for leaf in jax.tree.leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.floating)]
+  return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in floats] or [True]))
+
+
 def _shard_fn(task: Task, model_def, params, streams, other) -> Callable:
   """fn(batch, key) -> (loss, metrics, grads, other state after the forward pass)."""
 

@@ -65,3 +65,30 @@ class TestFeaturesDiffer(Fine):
   def data(self):
     return Splits(train={"x": X, "y": np.zeros((64, 3), np.float32)},
                   test={"x": X[:8, :1], "y": np.zeros((8, 3), np.float32)})
+
+
+class Counter(nnx.Module):
+  """Counts its calls in a non-float Variable (checkpointed like any state)."""
+
+  def __init__(self, rngs):
+    self.layer = nnx.Linear(2, 3, rngs=rngs)
+    self.calls = nnx.Variable(jnp.zeros((), jnp.int32))
+
+  def __call__(self, x):
+    self.calls[...] = self.calls[...] + 1
+    return self.layer(x)
+
+
+@dataclasses.dataclass
+class DivergesAtStep(Fine):
+  """Its loss turns NaN from its `at`-th training step on (a diverging run, made exact)."""
+
+  name = "diverges"
+  at: int = 26
+
+  def model(self, rngs):
+    return Counter(rngs)
+
+  def loss(self, model, batch):
+    mse = jnp.mean((model(batch["x"]) - batch["y"]) ** 2)
+    return jnp.where(model.calls[...] >= self.at, jnp.nan, mse)

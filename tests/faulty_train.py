@@ -7,9 +7,14 @@ REPRO_TEST_FAULT=kill_in_save:<step>      SIGKILLs it once the checkpoint of <st
                                           started writing in the background
 REPRO_TEST_FAULT=term_after_chunk:<step>  sends it a SIGTERM there (the run stops at the
                                           next boundary, as for any SIGTERM)
-The library itself has no fault hook: this adds a repro.Component to bin/train.
+REPRO_TEST_FAULT=enospc_sync:<step>       the save of <step> fails with ENOSPC ("No space
+                                          left on device") before it returns
+REPRO_TEST_FAULT=enospc_async:<step>      ... while it is written in the background
+The library itself has no fault hook: this adds a repro.Component to bin/train,
+or makes Orbax's writer of JSON items fail as a full disk would.
 """
 
+import errno
 import functools
 import os
 import signal
@@ -39,9 +44,34 @@ class KillAt(repro.Component):
       os.kill(os.getpid(), signal.SIGKILL)
 
 
+def disk_full_at(step: int, in_background: bool) -> None:
+  """Orbax's JSON item writer fails with ENOSPC for the checkpoint of `step`."""
+  from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler
+
+  def full():
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  original = handler.JsonCheckpointHandler._save_fn if in_background else (
+      handler.JsonCheckpointHandler.async_save)
+
+  async def failing(self, *args, **kwargs):
+    if any(f"{step}.orbax-checkpoint-tmp" in str(a) for a in (*args, *kwargs.values())):
+      full()
+    return await original(self, *args, **kwargs)
+
+  name = "_save_fn" if in_background else "async_save"
+  setattr(handler.JsonCheckpointHandler, name, failing)
+
+
 cli.define_train_flags()
 
 if __name__ == "__main__":
-  fault = os.environ.get("REPRO_TEST_FAULT")
-  main = functools.partial(cli.train_main, components=[KillAt(fault)] if fault else [])
-  app.run(main, flags_parser=cli.parse_flags_or_exit)
+  fault = os.environ.get("REPRO_TEST_FAULT", "")
+  kind, _, at = fault.partition(":")
+  components = []
+  if kind.startswith("enospc_"):
+    disk_full_at(int(at), in_background=kind == "enospc_async")
+  elif fault:
+    components.append(KillAt(fault))
+  app.run(functools.partial(cli.train_main, components=components),
+          flags_parser=cli.parse_flags_or_exit)

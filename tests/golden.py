@@ -43,7 +43,7 @@ PLATFORM_KEYS = ("machine", "backend", "device_kind", "device_count", "cpu_featu
 
 def platform_key() -> dict:
   env = environment.describe()
-  versions = {k: v for k, v in env["versions"].items() if k != "repro"}
+  versions = {k: v for k, v in environment.versions().items() if k != "repro"}
   return {"versions": versions, **{k: env["platform"][k] for k in PLATFORM_KEYS}}
 
 

@@ -210,16 +210,18 @@ def tamper_manifest(step_dir: Path, edit) -> None:
   path.write_text(json.dumps(manifest))
 
 
-def test_other_package_versions_warn_and_strict_refuses(reference, small):
+@pytest.mark.parametrize("field, value", [("jax", "0.0.1"), ("lock_digest", "0" * 64)])
+def test_other_package_versions_or_another_lock_warn_and_strict_refuses(reference, small, field,
+                                                                          value):
   config = small("versions", max_steps=20)
   quiet(config)
   tamper_manifest(Path(config.output) / "20",
-                  lambda m: m["environment"]["versions"].update(jax="0.0.1"))
-  with pytest.raises(ReproError, match=r"jax '0.0.1' -> .*--strict"):
+                  lambda m: m["environment"]["versions"].update({field: value}))
+  with pytest.raises(ReproError, match=rf"{field} '{value}' -> .*--strict"):
     quiet(config.replace(max_steps=None, strict=True))
   messages = []
   result = quiet(config.replace(max_steps=None), messages)
-  assert any(m.startswith("warning: checkpoint step 20 was written with jax '0.0.1'")
+  assert any(m.startswith(f"warning: checkpoint step 20 was written with {field} '{value}'")
              for m in messages)
   assert_matches(reference, result)
 
@@ -263,3 +265,120 @@ def test_an_output_below_a_file_is_refused(small, tmp_path):
   (tmp_path / "plain").write_text("x")
   with pytest.raises(ReproError, match="is a file; pass a directory path"):
     quiet(small(output=str(tmp_path / "plain" / "run")))
+
+
+# --- a damaged data cache ----------------------------------------------------------
+
+def decoded_cache(tfds_dir: Path) -> Path:
+  return next(Path(tfds_dir).glob("repro_fashion_mnist/idx_*/1.0.0/decoded"))
+
+
+@pytest.mark.parametrize("damage", [
+    pytest.param(lambda p: flip_bytes(p), id="flipped-bytes"),
+    pytest.param(lambda p: truncate(p), id="truncated"),
+])
+def test_a_damaged_data_cache_is_named_rebuilt_from_the_source_and_never_trained_on(
+    reference, idx_dir, tmp_path, damage):
+  from conftest import small_config
+  tfds = tmp_path / "tfds"  # a cache of this test's own
+  config = small_config(tmp_path, "run", idx_dir, tfds)
+  quiet(config.replace(max_steps=1, output=str(tmp_path / "first")))  # prepares the cache
+  damaged = decoded_cache(tfds) / "train-images.npy"
+  damage(damaged)
+  messages = []
+  result = quiet(config, messages)
+  warnings = [m for m in messages if m.startswith("WARNING: ")]
+  assert warnings == [f"WARNING: {damaged} does not match the fingerprint recorded when it "
+                      f"was prepared; rebuilding it from {idx_dir.resolve()}"]
+  assert_matches(reference, result)  # trained on the source's bytes, not the damaged ones
+  messages.clear()
+  quiet(config.replace(output=str(tmp_path / "again")), messages)
+  assert not any(m.startswith(("WARNING", "preparing")) for m in messages)  # verified, reused
+
+
+def test_a_cache_from_before_fingerprints_is_rebuilt_once(idx_dir, tmp_path):
+  from repro import data
+  data.load("fashion_mnist", str(idx_dir), str(tmp_path / "tfds"), log=lambda _: None)
+  (decoded_cache(tmp_path / "tfds") / "fingerprints.json").unlink()
+  messages = []
+  data.load("fashion_mnist", str(idx_dir), str(tmp_path / "tfds"), log=messages.append)
+  assert len(messages) == 1 and "fingerprints.json is missing or unreadable; rebuilding" in (
+      messages[0])
+  data.load("fashion_mnist", str(idx_dir), str(tmp_path / "tfds"), log=messages.append)
+  assert len(messages) == 1
+
+
+# --- a full disk while a checkpoint is written ---------------------------------------
+
+@pytest.mark.parametrize("part", ["sync", "async"])
+def test_a_full_disk_during_a_save_is_one_line_keeps_the_finalized_steps_and_resumes_bitwise(
+    reference, small, part):
+  config = small(f"full-{part}")
+  code, out, err = finish(start(config, f"enospc_{part}:20"))
+  assert code == 74, err
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and "Traceback" not in err, err
+  assert lines[0].startswith(f"error: cannot write checkpoint step 20 to {config.output}: "
+                             f"No space left on device; the half-written step is discarded")
+  assert "rerun the same command to resume from step 10" in lines[0]
+  out_dir = Path(config.output)
+  assert sorted(p.name for p in out_dir.iterdir() if p.name.isdigit()) == ["10"]
+  messages = []
+  resumed = quiet(config, messages)  # space is free again
+  assert resumed.resumed_from == 10 and not any("corrupt" in m for m in messages)
+  assert not list(out_dir.glob("*.orbax-checkpoint-tmp*"))  # the leftover is gone
+  assert_matches(reference, resumed)
+
+
+# --- a diverging loss -----------------------------------------------------------------
+
+def diverging(tmp_path, **overrides):
+  from repro import Config
+  values = dict(seed=0, epochs=10, batch_size=16, output=str(tmp_path / "nan"),
+                checkpoint_every=10, max_to_keep=1, chunk_steps=8, progress=False,
+                task="broken_tasks:DivergesAtStep")
+  values.update(overrides)
+  return Config(**values)
+
+
+def test_a_nan_loss_stops_at_once_saves_nothing_non_finite_and_keeps_the_last_finite_checkpoint(
+    tmp_path):
+  config = diverging(tmp_path)
+  env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(Path(__file__).parent))
+  result = subprocess.run([sys.executable, str(TRAIN), *flags_of(config)], env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 3, result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: the loss became nan at step 26: "
+                                                 "stopped, nothing non-finite was saved"), lines
+  assert f"the last finite checkpoint is {config.output}/20" in lines[0]
+  assert "--allow_nonfinite" in lines[0]
+  steps = sorted(int(p.name) for p in Path(config.output).iterdir() if p.name.isdigit())
+  assert steps == [20]  # max_to_keep=1: the finite 20 was not pushed out by a later save
+  state = restore_state(Path(config.output) / "20")
+  assert all(np.all(np.isfinite(x)) for x in jax_leaves(state) if x.dtype.kind == "f")
+
+
+def jax_leaves(tree):
+  import jax
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_allow_nonfinite_trains_on_with_one_warning(tmp_path):
+  messages = []
+  result = quiet(diverging(tmp_path, allow_nonfinite=True), messages)
+  assert result.step == 40
+  warnings = [m for m in messages if m.startswith("warning:")]
+  assert warnings == ["warning: the loss became nan at step 26; training on (--allow_nonfinite)"]
+
+
+def test_a_non_finite_state_with_a_finite_loss_is_caught_too():
+  from repro import components, control, loop
+  guard = components.FiniteGuard(lambda state: False, False, lambda step: f"/run/{step}",
+                                 lambda _: None)
+  ctx = loop.Context(step=8, target=40, state=None, control=control.ControlState(),
+                     first=0, trace={"loss": np.ones(8, np.float32)}, saved_step=4)
+  with pytest.raises(Exception, match=r"state became non-finite by step 8: stopped, nothing "
+                                      r"non-finite was saved and the last finite checkpoint "
+                                      r"is /run/4"):
+    guard.at_boundary(ctx)

@@ -18,6 +18,11 @@ def _platform_differences(saved: dict, here: dict) -> list[str]:
   if here in golden.platforms(saved):
     return []
   made_on = saved["made_on"]
+  # Other fields are a change of golden.py (of what it records), not another
+  # platform: that must fail, never skip the bits silently.
+  assert set(here) == set(made_on) and set(here["versions"]) == set(made_on["versions"]), (
+      f"golden.platform_key() records other fields than the golden file "
+      f"({sorted(here['versions'])} vs {sorted(made_on['versions'])}): fix golden.py")
   out = [f"{k} {made_on['versions'].get(k)!r} -> {v!r}" for k, v in here["versions"].items()
          if made_on["versions"].get(k) != v]
   out += [f"{k} {made_on.get(k)!r} -> {here[k]!r}" for k in golden.PLATFORM_KEYS
