@@ -242,8 +242,22 @@ def _verified_arrays(cache: Path) -> tuple[list[np.ndarray] | None, str | None]:
       return None, f"{cache / name} is unreadable ({err.strerror})"
     if hashlib.sha256(blob).hexdigest() != recorded.get(name):
       return None, f"{cache / name} does not match the fingerprint recorded when it was prepared"
-    arrays.append(np.load(io.BytesIO(blob), allow_pickle=False))
+    arrays.append(_npy_view(blob))
   return arrays, None
+
+
+def _npy_view(blob: bytes) -> np.ndarray:
+  """The array of an .npy file's bytes, without copying them (read-only)."""
+  stream = io.BytesIO(blob)
+  version = np.lib.format.read_magic(stream)
+  read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                 (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+  if read_header is None:  # a format np.save does not write for these arrays
+    return np.load(io.BytesIO(blob), allow_pickle=False)
+  shape, fortran, dtype = read_header(stream)
+  count = int(np.prod(shape))
+  array = np.frombuffer(blob, dtype=dtype, count=count, offset=stream.tell())
+  return array.reshape(shape, order="F" if fortran else "C")
 
 
 def _read_split(builder, split: str) -> dict[str, np.ndarray]:
