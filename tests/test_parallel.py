@@ -85,8 +85,7 @@ def test_four_devices_are_bitwise_repeatable_and_survive_interruption(four_devic
 def test_a_four_device_checkpoint_resumes_on_two_and_on_one_device(flags, tmp_path):
   out = tmp_path / "moved"
   train(*flags, f"--output={out}", "--max_steps=13")
-  strict = train(*flags, f"--output={out}", "--devices=2", "--strict", expect=2)
-  assert strict.stderr.count("\n") == 1 and "devices_used 4 -> 2" in strict.stderr
+  # (--strict refusing it instead is the check of test_faults.py::test_other_package_versions_...)
   on_two = train(*flags, f"--output={out}", "--devices=2", "--max_steps=21")
   assert "devices_used 4 -> 2" in on_two.stdout  # the bits may change: said, not hidden
   assert "resuming" in on_two.stdout and "from step 13" in on_two.stdout

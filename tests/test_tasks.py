@@ -139,10 +139,11 @@ def test_batchnorm_statistics_are_updated_and_equal_on_every_device_count(micro_
 @pytest.mark.parametrize("name", NAMES)
 def test_verify_names_the_first_divergence(name, tiny, reference):
   ref = reference[name].output
-  seed1 = quiet(tiny(name, f"{name}-seed1", seed=1)).output
   faster = quiet(tiny(name, f"{name}-lr", learning_rate=2e-3)).output
-  assert verify.compare(ref, seed1).divergence.what == "init"
   assert verify.compare(ref, faster).divergence == verify.Divergence(1, "params", ("params",))
+  if name == "regression":  # (the reference task's init divergence: tests/test_verify.py)
+    seed1 = quiet(tiny(name, f"{name}-seed1", seed=1)).output
+    assert verify.compare(ref, seed1).divergence.what == "init"
   if name == "charlm":  # and as a user sees it
     cli = subprocess.run([sys.executable, str(TRAIN.parent / "verify"), ref, faster],
                          capture_output=True, text=True, timeout=120)
@@ -194,7 +195,7 @@ def test_resuming_with_another_model_structure_is_refused_leaf_by_leaf(tiny):
 
 def test_any_metric_can_steer_early_stopping_plateau_and_the_best_checkpoint(tiny):
   kw = dict(validation_examples=32, eval_every=3, monitor="val_perplexity", patience=4,
-            schedule="plateau", plateau_patience=1, epochs=8, max_to_keep=1)
+            schedule="plateau", plateau_patience=1, epochs=5, max_to_keep=1)
   whole = quiet(tiny("charlm", "charlm-steered", **kw))
   parts = tiny("charlm", "charlm-steered-parts", **kw)
   quiet(parts.replace(max_steps=whole.step // 2))
