@@ -61,8 +61,10 @@ class ArticleCNN(cnn.CNN):
 def measure_bound(graphdef, state, train_split) -> dict:
   """FLOPs of one step as XLA counts them, at the measured matmul FLOP/s of this CPU."""
   batch = {k: jnp.asarray(v[:BATCH]) for k, v in train_split.items()}
-  one = train.make_step(graphdef, cnn.CNN(), train.Local(), rng.streams(0))
-  step = jax.jit(lambda s, b: one(s, b, jnp.arange(BATCH), 0, 1))
+  one = train.make_step(graphdef, cnn.CNN(), train.Local(BATCH), rng.streams(0))
+  examples = lambda b: lambda start, size: {k: jax.lax.dynamic_slice_in_dim(v, start, size)
+                                            for k, v in b.items()}
+  step = jax.jit(lambda s, b: one(s, examples(b), 0, 1))
   flops = float(step.lower(state, batch).compile().cost_analysis()["flops"])
   size = 2048
   a = jnp.asarray(np.ones((size, size), np.float32))

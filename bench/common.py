@@ -11,6 +11,7 @@ measurement rather than one contender.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable
 
 import jax
@@ -20,6 +21,8 @@ from flax import nnx
 from repro import Config, parallel, rng, shuffle
 from repro import state as state_lib
 from repro import train
+from repro.feed import HostFeed
+from repro.source import Arrays, Source
 from repro.task import Task, unpack_loss
 
 
@@ -29,28 +32,52 @@ def timed(fn: Callable, *args):
   return time.perf_counter() - start, out
 
 
-def measure_ours(task: Task, train_split: dict, batch: int, chunk_steps: int = 100,
-                 devices: int = 1, micro_shards: int = 0, steps: int | None = None) -> dict:
-  """One epoch (or `steps` steps) of run()'s chunks, after a first, compiling chunk."""
+def measure_ours(task: Task, train_split, batch: int, chunk_steps: int = 100,
+                 devices: int = 1, micro_shards: int = 0, steps: int | None = None,
+                 host_fed: bool = False) -> dict:
+  """One epoch (or `steps` steps) of run()'s chunks, after a first, compiling chunk.
+
+  train_split: a dict of arrays or a repro.source.Source. host_fed: the chunks
+  are fed from the host (repro.feed.HostFeed, one chunk prefetched), as run()
+  does with --data_path=host; otherwise the split is put on the devices.
+  """
   keys = rng.streams(0)
-  n = len(next(iter(train_split.values())))
+  source = train_split if isinstance(train_split, Source) else Arrays(train_split)
+  n = len(source)
   mesh = parallel.make_mesh(devices, micro_shards, batch)
   built = state_lib.build(task, Config(batch_size=batch), keys, 10**6, mesh)
   chunk = train.make_train_chunk(built.graphdef, task, chunk_steps=chunk_steps, num_examples=n,
-                                 batch_size=batch, mesh=mesh, micro_shards=micro_shards)
-  keys, data = parallel.replicate(keys, mesh), parallel.replicate(train_split, mesh)
-  compile_s, (state, _) = timed(chunk, built.state, data, keys, np.int32(0),
-                                np.int32(chunk_steps))
+                                 batch_size=batch, mesh=mesh, micro_shards=micro_shards,
+                                 host_fed=host_fed)
+  inputs = _inputs(source, keys["shuffle"], batch, chunk_steps, mesh, host_fed)
+  keys = parallel.replicate(keys, mesh)
   steps = steps or shuffle.steps_per_epoch(n, batch)
+  compile_s, (state, _) = timed(chunk, built.state, inputs(0, chunk_steps), keys, np.int32(0),
+                                np.int32(chunk_steps))
   start, step = time.perf_counter(), chunk_steps
   while step < chunk_steps + steps:
     stop = min(step + chunk_steps, chunk_steps + steps)
-    state, trace = chunk(state, data, keys, np.int32(step), np.int32(stop - step))
+    state, trace = chunk(state, inputs(step, stop), keys, np.int32(step), np.int32(stop - step))
     np.asarray(trace["loss"])  # the one host sync per chunk, as run() does
     step = stop
   epoch_s = time.perf_counter() - start
   return {"epoch_s": epoch_s, "steps": steps, "step_ms": 1000 * epoch_s / steps,
           "compile_and_first_chunk_s": compile_s, "state": state, "graphdef": built.graphdef}
+
+
+def _inputs(source: Source, shuffle_key, batch: int, chunk_steps: int, mesh, host_fed: bool):
+  """inputs(step, next step) -> the chunk's inputs, as run() gives them on each path."""
+  if not host_fed:
+    resident = parallel.replicate(source.gather(np.arange(len(source))), mesh)
+    return lambda step, following: resident
+  feed = HostFeed(source, shuffle_key, batch, chunk_steps, mesh)
+
+  def inputs(step, following):
+    got = feed.get(step)
+    feed.prefetch(following)  # gathered while the devices compute this chunk
+    return got
+
+  return inputs
 
 
 def measure_loop(task: Task, train_split: dict, batch: int) -> dict:
@@ -78,6 +105,18 @@ def measure_loop(task: Task, train_split: dict, batch: int) -> dict:
   epoch_s = time.perf_counter() - start
   return {"epoch_s": epoch_s, "steps": spe, "step_ms": 1000 * epoch_s / spe,
           "compile_s": compile_s}
+
+
+def peak_rss_mb() -> float:
+  """This process's peak resident memory (VmHWM), in MiB.
+
+  Not ru_maxrss: a child started by vfork and exec inherits its parent's
+  high-water mark there, so it reports the parent's peak.
+  """
+  for line in Path("/proc/self/status").read_text().splitlines():
+    if line.startswith("VmHWM:"):
+      return int(line.split()[1]) / 1024
+  return float("nan")
 
 
 def best_of(contenders: dict[str, Callable[[], dict]], rounds: int) -> dict[str, dict]:

@@ -4,6 +4,7 @@ from repro import environment as _environment
 
 _environment.set_determinism_flags()  # before any JAX backend starts
 
+from repro import source
 from repro.config import Config
 from repro.errors import ReproError
 from repro.loop import Component, Context

@@ -78,6 +78,13 @@ class Config:
   plateau_patience: int = _field(2, "Evaluations without improvement before plateau decays "
                                  "the rate.", min=1)
   plateau_factor: float = _field(0.5, "Plateau decay factor, in (0, 1).")
+  data_path: str = _field("auto", "Where the train split lives: 'device' (the whole split on "
+                          "the device), 'host' (each chunk's batches gathered on the host and "
+                          "fed, for data larger than device memory) or 'auto' (host if the "
+                          "split exceeds --data_budget_mb). The same bits either way.",
+                          choices=("auto", "device", "host"))
+  data_budget_mb: int = _field(2048, "Device memory the train split may take on the device "
+                               "path (--data_path=auto); 0: always the host.", min=0)
   devices: int = _field(0, "Train data-parallel on the first N devices (0: all, of every "
                         "process). CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N "
                         "makes N.", min=0)

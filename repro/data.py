@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import gzip
 import hashlib
 import io
@@ -269,22 +270,10 @@ def _read_split(builder, split: str) -> dict[str, np.ndarray]:
   return {name: np.stack([np.asarray(e[name]) for e in examples]) for name in examples[0]}
 
 
-def tfds_split(name: str, split: str, data_dir: str | None = None) -> dict[str, np.ndarray]:
-  """Every example of a split of a TFDS dataset prepared offline, as {feature: array}.
+def tfds_builder(name: str, data_dir: str | None = None):
+  """The builder of a TFDS dataset prepared offline: a registered name or a directory.
 
-  For a task's data(): repro never downloads, so the dataset must already be
-  prepared (e.g. with `tfds build`) in array_record format.
-
-  Args:
-    name: a registered TFDS name ('mnist', 'mnist:3.0.1') found in data_dir,
-      or the directory of a prepared dataset (<data_dir>/<name>/<config>/<version>).
-    split: 'train', 'test', or any TFDS split expression ('train[:90%]').
-    data_dir: the TFDS data directory; None means $TFDS_DATA_DIR or
-      ~/tensorflow_datasets.
-
-  Returns:
-    The split's features stacked over its examples (nested features are not
-    supported), in TFDS's stored order.
+  ReproError (one line) if it is unknown or not prepared: repro never downloads.
   """
   import tensorflow_datasets as tfds
   tfds.disable_progress_bar()
@@ -301,6 +290,28 @@ def tfds_split(name: str, split: str, data_dir: str | None = None) -> dict[str, 
     raise ReproError(f"TFDS dataset {name!r} is not prepared in {root}: prepare it there (e.g. "
                      f"`tfds build {name} --data_dir={root}` where a network is reachable); "
                      f"repro never downloads")
+  return builder
+
+
+def tfds_split(name: str, split: str, data_dir: str | None = None) -> dict[str, np.ndarray]:
+  """Every example of a split of a TFDS dataset prepared offline, as {feature: array}.
+
+  For a task's data(): repro never downloads, so the dataset must already be
+  prepared (e.g. with `tfds build`) in array_record format. For a split
+  larger than memory, give repro.source.TFDS instead (read by index).
+
+  Args:
+    name: a registered TFDS name ('mnist', 'mnist:3.0.1') found in data_dir,
+      or the directory of a prepared dataset (<data_dir>/<name>/<config>/<version>).
+    split: 'train', 'test', or any TFDS split expression ('train[:90%]').
+    data_dir: the TFDS data directory; None means $TFDS_DATA_DIR or
+      ~/tensorflow_datasets.
+
+  Returns:
+    The split's features stacked over its examples (nested features are not
+    supported), in TFDS's stored order.
+  """
+  builder = tfds_builder(name, data_dir)
   try:
     return _read_split(builder, split)
   except ReproError:
@@ -308,6 +319,33 @@ def tfds_split(name: str, split: str, data_dir: str | None = None) -> dict[str, 
   except Exception as err:
     raise ReproError(f"cannot read split {split!r} of TFDS dataset {name!r} "
                      f"({type(err).__name__}: {' '.join(str(err).split())[:160]})") from None
+
+
+@contextlib.contextmanager
+def _preparation_lock(prepared: Path):
+  """Holds an exclusive flock beside a prepared copy while it is checked and (re)built."""
+  prepared.parent.mkdir(parents=True, exist_ok=True)
+  with open(prepared.parent / f"{prepared.name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+    yield
+
+
+def _rebuild(dataset: str, files: dict[str, Path], source: Path, root: Path, config_name: str,
+             cache: Path, problem: str | None, say: Callable[[str], None]) -> list[np.ndarray]:
+  """Prepares the TFDS copy and the verified cache (again, if damaged); the cached arrays."""
+  if cache.exists():  # a damaged cache: rebuild it, TFDS's prepared copy included
+    say(f"WARNING: {problem}; rebuilding it from {source}")
+    shutil.rmtree(cache.parent.parent, ignore_errors=True)
+  else:
+    say(f"preparing {dataset} from {source} with tensorflow_datasets into {root} (once)")
+  for split in ("train", "test"):
+    read_split(files, split)  # clear errors before TFDS sees the files
+  _prepare_with_tfds(dataset, source, root, config_name, cache)
+  arrays, problem = _verified_arrays(cache)
+  if arrays is None:
+    raise ReproError(f"the data cache {cache} cannot be written intact ({problem}): pass "
+                     f"--task.tfds_dir=DIR on a healthy disk")
+  return arrays
 
 
 def load(dataset: str, data_dir: str | None = None, tfds_dir: str | None = None,
@@ -336,18 +374,10 @@ def load(dataset: str, data_dir: str | None = None, tfds_dir: str | None = None,
   arrays, problem = _verified_arrays(cache)
   if arrays is None:
     _check_writable(root)
-    if cache.exists():  # a damaged cache: rebuild it, TFDS's prepared copy included
-      say(f"WARNING: {problem}; rebuilding it from {source}")
-      shutil.rmtree(cache.parent.parent, ignore_errors=True)
-    else:
-      say(f"preparing {dataset} from {source} with tensorflow_datasets into {root} (once)")
-    for split in ("train", "test"):
-      read_split(files, split)  # clear errors before TFDS sees the files
-    _prepare_with_tfds(dataset, source, root, config_name, cache)
-    arrays, problem = _verified_arrays(cache)
-    if arrays is None:
-      raise ReproError(f"the data cache {cache} cannot be written intact ({problem}): pass "
-                       f"--task.tfds_dir=DIR on a healthy disk")
+    with _preparation_lock(cache.parent.parent):  # runs started together prepare it once
+      arrays, problem = _verified_arrays(cache)
+      if arrays is None:
+        arrays = _rebuild(dataset, files, source, root, config_name, cache, problem, say)
   train_images, train_labels, test_images, test_labels = arrays
   return Dataset(
       name=dataset,

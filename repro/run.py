@@ -25,6 +25,7 @@ from repro import components as parts
 from repro import control as control_lib
 from repro import digest
 from repro import environment
+from repro import feed as feed_lib
 from repro import identity as identity_lib
 from repro import lock as lock_lib
 from repro import loop
@@ -33,6 +34,7 @@ from repro import parallel
 from repro import resume
 from repro import rng
 from repro import shuffle
+from repro import source as source_lib
 from repro import splits as splits_lib
 from repro import state as state_lib
 from repro import task as task_lib
@@ -237,23 +239,26 @@ class _Run:
 
   def __init__(self, config: Config, task: task_lib.Task, output: Path,
                data: splits_lib.Prepared, mesh, log: Callable[[str], None]):
+    config = config.replace(data_path=_data_path(config, data))  # recorded as resolved
     self.config, self.task, self.output, self.data, self.mesh = config, task, output, data, mesh
     self.log, self.primary = log, parallel.is_primary()
-    self.spe = shuffle.steps_per_epoch(splits_lib.size(data.train), config.batch_size)
+    self.spe = shuffle.steps_per_epoch(len(data.train), config.batch_size)
     self.total = config.epochs * self.spe
     self.target = min(self.total, config.max_steps) if config.max_steps else self.total
     keys = rng.streams(config.seed)
     self.built = state_lib.build(task, config, keys, self.total, mesh)
-    metric_names = state_lib.check_task(task, self.built, data.train, config.batch_size)
-    if data.validation is not None and config.monitor[4:] not in metric_names:
+    self.eval_names, reported = state_lib.check_task(task, self.built, data.train.features(),
+                                                     config.batch_size)
+    if data.validation is not None and config.monitor[4:] not in reported:
       raise ReproError(f"--monitor={config.monitor} is not a metric of task "
                        f"{task_lib.task_name(task)}: pass one of " +
-                       ", ".join(f"--monitor=val_{m}" for m in metric_names))
+                       ", ".join(f"--monitor=val_{m}" for m in reported))
+    self.shuffle_key = keys["shuffle"]
     self.keys = parallel.replicate(keys, mesh)
     self.settings = control_lib.Settings.of(config, task.higher_is_better)
     self.identity = identity_lib.of(config, task, data.fingerprints, self.built.module_streams)
     self.env = environment.describe(devices_used=mesh.size if mesh is not None else 1)
-    self.evaluate_fn = train.make_evaluate(self.built.graphdef, task)
+    self.evaluate_batch = train.make_evaluate_batch(self.built.graphdef, task)
 
   def put(self, tree):
     return parallel.replicate(tree, self.mesh)
@@ -261,13 +266,17 @@ class _Run:
   def evaluate(self, state, split, prefix: str) -> dict[str, float]:
     """The task's metrics over `split`, as process 0 computed them, prefixed.
 
-    Evaluated on this process's first device: one single-device program on
-    every topology (so the same bits), and no device repeats another's work.
+    Process 0 evaluates on its first device, batches fed from the host
+    (repro.feed.evaluate): one single-device program on every topology and
+    data path, so the same bits; the others receive its results.
     """
-    means = self.evaluate_fn(parallel.on_one_device(state), split)
-    names = sorted(means)
-    values = parallel.from_primary(np.array([parallel.to_host(means[k]) for k in names]))
-    summary = self.task.summarize({k: float(v) for k, v in zip(names, values)})
+    values = np.zeros(len(self.eval_names), np.float32)
+    if self.primary:
+      means = feed_lib.evaluate(self.evaluate_batch, parallel.on_one_device(state), split,
+                                train.EVAL_BATCH)
+      values = np.array([means[k] for k in self.eval_names], np.float32)
+    values = parallel.from_primary(values)
+    summary = self.task.summarize({k: float(v) for k, v in zip(self.eval_names, values)})
     return {prefix + k: float(v) for k, v in summary.items()}
 
   def train(self, stop: StopRequests, extra: list[loop.Component]) -> Result:
@@ -331,24 +340,40 @@ class _Run:
             extra: list[loop.Component]) -> None:
     signals = parts.StopOnSignal(stop)
     components = self._components(ctx, store, events, signals) + extra
+    chunk, feed = self._chunk()
     try:
       ctx.stop = signals.poll()
-      loop.train(ctx, self._chunk(), components, self.config.chunk_steps)
+      loop.train(ctx, chunk, components, self.config.chunk_steps)
       if ctx.stop and events is not None:
         events.append([{"event": "stop", "signal": ctx.stop, "step": ctx.step,
                         "time": parts.now()}])
     finally:
+      if feed is not None:
+        feed.close()
       for component in components:
         component.close()
 
-  def _chunk(self) -> Callable:
-    """chunk(state, first_step, num_steps) -> (state, trace) over the device-resident data."""
+  def _chunk(self):
+    """(chunk(state, first_step, num_steps) -> (state, trace), the host feed or None)."""
+    host_fed = self.config.data_path == "host"
     fn = train.make_train_chunk(
         self.built.graphdef, self.task, chunk_steps=self.config.chunk_steps,
-        num_examples=splits_lib.size(self.data.train), batch_size=self.config.batch_size,
-        mesh=self.mesh, micro_shards=self.config.micro_shards)
-    data, keys = self.put(self.data.train), self.keys
-    return lambda state, step, n: fn(state, data, keys, np.int32(step), np.int32(n))
+        num_examples=len(self.data.train), batch_size=self.config.batch_size,
+        mesh=self.mesh, micro_shards=self.config.micro_shards, host_fed=host_fed)
+    keys = self.keys
+    if not host_fed:
+      data = self.put(self.data.resident("train"))
+      return (lambda state, step, n: fn(state, data, keys, np.int32(step), np.int32(n))), None
+    feed = feed_lib.HostFeed(self.data.train, self.shuffle_key, self.config.batch_size,
+                             self.config.chunk_steps, self.mesh)
+
+    def chunk(state, step, n):
+      out = fn(state, feed.get(step), keys, np.int32(step), np.int32(n))  # dispatched, not done
+      if step + n < self.target:
+        feed.prefetch(step + n)  # gathered while the devices compute
+      return out
+
+    return chunk, feed
 
   def _components(self, ctx: loop.Context, store, events, signals) -> list[loop.Component]:
     """repro's own components, in the order they act (see repro.components)."""
@@ -356,12 +381,10 @@ class _Run:
     all_finite = lambda state: bool(train.all_finite(parallel.on_one_device(state)))
     found = [signals, parts.FiniteGuard(all_finite, config.allow_nonfinite, store.step_path,
                                         self.log)]
-    one = lambda split: None if split is None else jax.device_put(split, parallel.first_device())
     if self.data.validation is not None:
-      found.append(parts.Validation(self.evaluate, one(self.data.validation), config,
-                                    self.settings, self.spe, self.total, self.put, self.log))
-    test = one(self.data.test)
-    found.append(parts.FinalTest(self.evaluate, test))
+      found.append(parts.Validation(self.evaluate, self.data.validation, config, self.settings,
+                                    self.spe, self.total, self.put, self.log))
+    found.append(parts.FinalTest(self.evaluate, self.data.test))
     syncs = []
     if self.primary:
       initial = lambda: train.fingerprint(ctx.state["model"])
@@ -379,12 +402,15 @@ class _Run:
     """The cursor and the manifest of a checkpoint of ctx.state (whose pure dict is `pure`)."""
     epoch, within = divmod(ctx.step, self.spe)
     cursor = {"step": ctx.step, "epoch": epoch, "step_in_epoch": within,
-              "steps_per_epoch": self.spe, "num_train_examples": splits_lib.size(self.data.train),
+              "steps_per_epoch": self.spe, "num_train_examples": len(self.data.train),
               "batch_size": self.config.batch_size, "shuffle": shuffle.SCHEME,
               "control": ctx.control.to_json()}
     manifest = {
         "format": MANIFEST_FORMAT, "created": parts.now(), "config": self.config.to_dict(),
-        "identity": self.identity, "data": self.data.info, "environment": self.env,
+        "identity": self.identity,
+        "data": {**self.data.info, "path": self.config.data_path,
+                 "changes_watched_by": source_lib.CHANGE_RULE},
+        "environment": self.env,
         "metrics": dict(ctx.metrics),
         "best": {"monitor": self.config.monitor, "step": ctx.control.best_step,
                  "value": ctx.control.best},
@@ -409,6 +435,13 @@ class _Run:
         stopped_by=ctx.stop if ctx.step < ctx.target else None,
         stopped_early=ctx.control.stopped_early, best_step=ctx.control.best_step,
         best_value=ctx.control.best)
+
+
+def _data_path(config: Config, data: splits_lib.Prepared) -> str:
+  """'device' or 'host': config.data_path, or by the budget when it is 'auto'."""
+  if config.data_path != "auto":
+    return config.data_path
+  return "host" if data.train.nbytes > config.data_budget_mb * 2**20 else "device"
 
 
 def _peer_lost(err: Exception, output: Path) -> PeerLost:

@@ -1,9 +1,12 @@
 """A task's data splits: checked, fingerprinted, and cut into train and validation.
 
-Every split is a dict of host arrays sharing their leading dimension. The
-fingerprint of a split is a sha256 over its features in name order (each
+A split is a dict of host arrays sharing their leading dimension, or a
+repro.source.Source read by index (for data larger than memory). Prepared
+holds every split as a Source (a dict becomes Arrays, without a copy). The
+fingerprint of a dict is a sha256 over its features in name order (each
 feature's dtype, shape and bytes), so the same bytes give the same
-fingerprint whatever produced them.
+fingerprint whatever produced them; a Source's is its own (repro.source),
+cheap for large data. Neither depends on the data path.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import hashlib
 import numpy as np
 
 from repro.errors import ReproError
+from repro.source import FINGERPRINT_RULE, Arrays, Source, Subset
 from repro.task import Splits
 
 HOLD_OUT_RULE = "the last validation_examples examples of the train split, in its stored order"
@@ -23,11 +27,20 @@ HOLD_OUT_RULE = "the last validation_examples examples of the train split, in it
 class Prepared:
   """The arrays a run trains and evaluates on, and what the manifest says of them."""
 
-  train: dict[str, np.ndarray]
-  validation: dict[str, np.ndarray] | None
-  test: dict[str, np.ndarray] | None
+  train: Source
+  validation: Source | None
+  test: Source | None
   fingerprints: dict[str, str]  # of the task's splits as given (before any hold-out)
   info: dict
+
+  def resident(self, name: str) -> dict[str, np.ndarray]:
+    """A split's arrays in memory (views where it already is), for the device path."""
+    split = getattr(self, name)
+    if isinstance(split, Arrays):
+      return split.arrays
+    if isinstance(split, Subset) and isinstance(split.source, Arrays):
+      return {k: v[split.start:split.stop] for k, v in split.source.arrays.items()}
+    return split.gather(np.arange(len(split)))
 
 
 def fingerprint(split: dict[str, np.ndarray]) -> str:
@@ -40,11 +53,15 @@ def fingerprint(split: dict[str, np.ndarray]) -> str:
   return digest.hexdigest()
 
 
-def size(split: dict[str, np.ndarray]) -> int:
-  return len(next(iter(split.values())))
+def size(split) -> int:
+  return len(split) if isinstance(split, Source) else len(next(iter(split.values())))
 
 
-def _checked_split(name: str, split, task: str) -> dict[str, np.ndarray]:
+def _checked_split(name: str, split, task: str) -> Source:
+  if isinstance(split, Source):
+    if not len(split):
+      raise ReproError(f"task {task}: the {name} split is empty")
+    return split
   if not isinstance(split, dict) or not split:
     raise ReproError(f"task {task}: the {name} split must be a non-empty dict of arrays, got "
                      f"{type(split).__name__}")
@@ -62,18 +79,19 @@ def _checked_split(name: str, split, task: str) -> dict[str, np.ndarray]:
                      f"feature one entry per example")
   if not next(iter(lengths.values())):
     raise ReproError(f"task {task}: the {name} split is empty")
-  return arrays
+  return Arrays(arrays)
 
 
-def _same_features(name: str, split: dict, train: dict, task: str) -> None:
-  layout = lambda s: {k: (v.dtype.str, v.shape[1:]) for k, v in s.items()}
+def _same_features(name: str, split: Source, train: Source, task: str) -> None:
+  layout = lambda s: {k: (np.dtype(d).str, tuple(shape)) for k, (d, shape) in
+                      s.features().items()}
   if layout(split) != layout(train):
     raise ReproError(f"task {task}: the {name} split's features {layout(split)} differ from "
                      f"the train split's {layout(train)}")
 
 
-def check(splits: Splits, task: str) -> dict[str, dict[str, np.ndarray]]:
-  """The task's splits as NumPy arrays; ReproError names the first problem."""
+def check(splits: Splits, task: str) -> dict[str, Source]:
+  """The task's splits as Sources; ReproError names the first problem."""
   if not isinstance(splits, Splits):
     raise ReproError(f"task {task}: data() must return a repro.Splits, got "
                      f"{type(splits).__name__}")
@@ -91,30 +109,43 @@ def prepare(splits: Splits, task: str, validation_examples: int, batch_size: int
     if validation is not None:
       raise ReproError(f"task {task} has its own validation split: leave "
                        f"--validation_examples at 0")
-    keep = size(train) - validation_examples
+    keep = len(train) - validation_examples
     if keep < batch_size:
       raise ReproError(f"--batch_size={batch_size} is larger than what the {size(train)} "
                        f"training examples less --validation_examples={validation_examples} leave "
                        f"({max(keep, 0)}): pass a smaller --batch_size or --validation_examples")
-    train, validation = ({k: v[:keep] for k, v in train.items()},
-                         {k: v[keep:] for k, v in train.items()})
-  elif size(train) < batch_size:
+    train, validation = Subset(train, 0, keep), Subset(train, keep, len(train))
+  elif len(train) < batch_size:
     raise ReproError(f"--batch_size={batch_size} is larger than the {size(train)} training "
                      f"examples of task {task}: pass a smaller --batch_size")
-  fingerprints = {name: fingerprint(split) for name, split in given.items()}
+  full = {name: isinstance(split, dict) for name, split in splits.named().items()}
+  fingerprints = {name: _fingerprint(split, full[name]) for name, split in given.items()}
   return Prepared(train=train, validation=validation, test=given.get("test"),
-                  fingerprints=fingerprints, info=_info(splits, given, train, validation,
-                                                        validation_examples, fingerprints))
+                  fingerprints=fingerprints,
+                  info=_info(splits, given, train, validation, validation_examples, fingerprints,
+                             full))
 
 
-def _info(splits: Splits, given: dict, train: dict, validation: dict | None,
-          held_out: int, fingerprints: dict) -> dict:
+def _fingerprint(split: Source, full: bool) -> str:
+  """Every byte's sha256 for what a task gave as arrays in memory, else the Source's own."""
+  if not full:
+    return split.fingerprint()
+  if isinstance(split, Subset):
+    return fingerprint({k: v[split.start:split.stop] for k, v in split.source.arrays.items()})
+  return fingerprint(split.arrays)
+
+
+def _info(splits: Splits, given: dict, train: Source, validation: Source | None,
+          held_out: int, fingerprints: dict, full: dict[str, bool]) -> dict:
   """What the manifest records of the data."""
-  features = {k: f"{v.dtype}{list(v.shape[1:])}" for k, v in given["train"].items()}
-  info = {"source": splits.source, "features": features, "num_train": size(train),
-          "splits": {name: {"examples": size(split), "fingerprint": fingerprints[name]}
+  features = {k: f"{np.dtype(d)}{list(s)}" for k, (d, s) in given["train"].features().items()}
+  info = {"source": splits.source, "features": features, "num_train": len(train),
+          "splits": {name: {"examples": len(split), "fingerprint": fingerprints[name],
+                            "rule": "sha256 of every byte" if full[name] else FINGERPRINT_RULE}
                      for name, split in given.items()}}
   if validation is not None:
+    origin = "train" if held_out else "validation"
     info["validation"] = {"rule": HOLD_OUT_RULE if held_out else "the task's validation split",
-                          "examples": size(validation), "fingerprint": fingerprint(validation)}
+                          "examples": len(validation),
+                          "fingerprint": _fingerprint(validation, full[origin])}
   return info

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import numpy as np
 from flax import nnx
 
 from repro import optim
@@ -68,12 +67,17 @@ def restore(built: Built, pure: dict) -> nnx.State:
   return nnx.state(built.objects)
 
 
-def _specs(split: dict[str, np.ndarray], n: int) -> dict:
-  return {k: jax.ShapeDtypeStruct((n,) + v.shape[1:], v.dtype) for k, v in split.items()}
+def _specs(features: dict, n: int) -> dict:
+  return {k: jax.ShapeDtypeStruct((n,) + tuple(shape), dtype)
+          for k, (dtype, shape) in features.items()}
 
 
-def check_task(task: Task, built: Built, train: dict[str, np.ndarray], batch_size: int) -> list[str]:
-  """Traces the task's loss and metrics on abstract batches; returns its metric names.
+def check_task(task: Task, built: Built, features: dict, batch_size: int
+               ) -> tuple[list[str], list[str]]:
+  """Traces the task's loss and metrics on abstract batches of the train split's features.
+
+  Returns the names of eval_metrics and of the metrics the task reports
+  (after summarize).
 
   One line (ReproError) when the loss is not a scalar, a metric has the wrong
   shape, or the task's code fails on a batch of the train split.
@@ -89,7 +93,7 @@ def check_task(task: Task, built: Built, train: dict[str, np.ndarray], batch_siz
     model.eval()
     return task.eval_metrics(model, batch)
 
-  batch = _specs(train, batch_size)
+  batch = _specs(features, batch_size)
   loss, metrics = guarded(f"its loss on a batch of {batch_size} training examples", task,
                            lambda: jax.eval_shape(loss_probe, built.state, batch))
   _need_scalar(name, "loss", loss, "return the mean over the batch")
@@ -101,8 +105,8 @@ def check_task(task: Task, built: Built, train: dict[str, np.ndarray], batch_siz
     if value.shape != (batch_size,):
       raise ReproError(f"task {name}: eval_metrics gave {metric!r} of shape {value.shape}, "
                        f"expected one value per example ({batch_size},)")
-  return sorted(guarded("summarize", task,
-                         lambda: task.summarize({k: 1.0 for k in per_example})))
+  reported = guarded("summarize", task, lambda: task.summarize({k: 1.0 for k in per_example}))
+  return sorted(per_example), sorted(reported)
 
 
 def _need_scalar(name: str, what: str, value, fix: str) -> None:

@@ -106,10 +106,11 @@ def _floating(x) -> bool:
 class Local:
   """One device, no micro-shards: the whole global batch is one shard."""
 
-  trip = 1
+  def __init__(self, batch_size: int):
+    self.size, self.trip = batch_size, 1
 
-  def __call__(self, shard, data, idx, step_key, trip):
-    return shard(_gather(data, idx), step_key)
+  def __call__(self, shard, examples, step_key, trip):
+    return shard(examples(0, self.size), step_key)
 
 
 class AcrossDevices:
@@ -119,10 +120,10 @@ class AcrossDevices:
     self.axis, self.size = axis, batch_size // num_devices
     self.trip = 1
 
-  def __call__(self, shard, data, idx, step_key, trip):
+  def __call__(self, shard, examples, step_key, trip):
     device = jax.lax.axis_index(self.axis)
-    part = jax.lax.dynamic_slice_in_dim(idx, device * self.size, self.size)
-    loss, metrics, grads, other = shard(_gather(data, part), jax.random.fold_in(step_key, device))
+    loss, metrics, grads, other = shard(examples(device * self.size, self.size),
+                                        jax.random.fold_in(step_key, device))
     mean = lambda x: jax.lax.pmean(x, self.axis)
     first = lambda x: jax.lax.all_gather(x, self.axis)[0]
     other = jax.tree.map(lambda x: mean(x) if _floating(x) else first(x), other)
@@ -141,17 +142,16 @@ class MicroShards:
     self.size = batch_size // micro_shards
     self.trip = micro_shards // num_devices
 
-  def __call__(self, shard, data, idx, step_key, trip):
+  def __call__(self, shard, examples, step_key, trip):
     device = jax.lax.axis_index(self.axis)
     first = device * trip
 
     def body(k, acc):
       m = first + k
-      part = jax.lax.dynamic_slice_in_dim(idx, m * self.size, self.size)
-      out = shard(_gather(data, part), jax.random.fold_in(step_key, m))
+      out = shard(examples(m * self.size, self.size), jax.random.fold_in(step_key, m))
       return jax.tree.map(lambda buf, x: buf.at[k].set(x), acc, out)
 
-    shapes = jax.eval_shape(lambda: shard(_gather(data, idx[:self.size]), step_key))
+    shapes = jax.eval_shape(lambda: shard(examples(0, self.size), step_key))
     acc = jax.tree.map(lambda s: jnp.zeros((self.trip,) + s.shape, s.dtype), shapes)
     acc = jax.lax.all_gather(jax.lax.fori_loop(0, trip, body, acc), self.axis, tiled=True)
     ordered_mean = lambda x: functools.reduce(jnp.add, [x[m] for m in range(self.shards)]) / (
@@ -163,15 +163,19 @@ class MicroShards:
 
 
 def make_step(graphdef: nnx.GraphDef, task: Task, reduction, keys: dict) -> Callable:
-  """step(state, data, idx, global_step, trip) -> (state, loss, metrics): one optimizer step."""
+  """step(state, examples, global_step, trip) -> (state, loss, metrics): one optimizer step.
 
-  def step(state, data, idx, global_step, trip):
+  examples(start, size) gives the examples at positions [start, start + size)
+  of the step's global batch, wherever they come from.
+  """
+
+  def step(state, examples, global_step, trip):
     objects = nnx.merge(graphdef, state)
     model = objects["model"]
     model_def, params, streams, other = nnx.split(model, nnx.Param, nnx.RngState, ...)
     shard = _shard_fn(task, model_def, params, streams, other)
     step_key = rng.step_key(keys, global_step)
-    loss, metrics, grads, other = reduction(shard, data, idx, step_key, trip)
+    loss, metrics, grads, other = reduction(shard, examples, step_key, trip)
     nnx.update(model, other)
     rng.reseed(model, step_key)
     objects["optimizer"].update(model, grads)
@@ -181,109 +185,129 @@ def make_step(graphdef: nnx.GraphDef, task: Task, reduction, keys: dict) -> Call
 
 
 def make_train_chunk(graphdef: nnx.GraphDef, task: Task, *, chunk_steps: int,
-                     num_examples: int, batch_size: int, mesh=None,
-                     micro_shards: int = 0) -> Callable:
-  """A jitted fn(state, data, keys, first_step, num_steps) -> (state, trace).
+                     num_examples: int, batch_size: int, mesh=None, micro_shards: int = 0,
+                     host_fed: bool = False) -> Callable:
+  """A jitted fn(state, inputs, keys, first_step, num_steps) -> (state, trace).
 
   Runs global steps first_step .. first_step + num_steps - 1 (num_steps <=
-  chunk_steps) over the device-resident `data` (a dict of arrays); keys holds
-  the 'shuffle' and 'dropout' streams. trace is {'loss', 'batch', 'params',
-  'metrics'}, each with chunk_steps entries of which the first num_steps are
-  real: the loss of each step, the fingerprint of its batch indices, the
-  fingerprint of the model state after it, and the loss's own metrics.
-  With a mesh the chunk runs data-parallel over its devices (shard_map).
+  chunk_steps); keys holds the 'shuffle' and 'dropout' streams. inputs is the
+  device-resident train split (a dict of arrays; each step gathers its batch
+  by the counter-based order), or with host_fed the chunk's batches and their
+  indices as repro.feed.HostFeed gives them ((chunk_steps, batch, ...), each
+  device holding only its rows). Both give the same bits. trace is {'loss',
+  'batch', 'params', 'metrics'}, each with chunk_steps entries of which the
+  first num_steps are real: the loss of each step, the fingerprint of its
+  batch indices, the fingerprint of the model state after it, and the loss's
+  own metrics. With a mesh the chunk runs data-parallel over its devices.
   """
   reduction = _reduction(mesh, micro_shards, batch_size)
+  rows = batch_size // (mesh.size if mesh is not None else 1)  # a device's rows, host-fed
 
-  def chunk(state, data, keys, first_step, num_steps, trip):
+  def chunk(state, inputs, keys, first_step, num_steps, trip):
     step = make_step(graphdef, task, reduction, keys)
-    first_epoch, perms = shuffle.chunk_permutations(
-        keys["shuffle"], first_step, chunk_steps, num_examples, batch_size)
+    if host_fed:
+      examples_at = _fed_examples(inputs, rows, mesh)
+    else:
+      examples_at = _resident_examples(inputs, keys["shuffle"], first_step, chunk_steps,
+                                       num_examples, batch_size)
 
-    def one(state, global_step):
-      idx = shuffle.batch_from_permutations(first_epoch, perms, global_step, num_examples,
-                                            batch_size)
-      state, loss, metrics = step(state, data, idx, global_step, trip)
+    def one(state, i):
+      idx, examples = examples_at(i)
+      state, loss, metrics = step(state, examples, first_step + i, trip)
       return state, loss, metrics, idx
 
-    return _scan_steps(one, state, first_step, num_steps, chunk_steps)
+    return _scan_steps(one, state, num_steps, chunk_steps)
 
   if mesh is None:
     compiled = jax.jit(chunk)
   else:
     replicated = jax.sharding.PartitionSpec()
-    compiled = jax.jit(jax.shard_map(chunk, mesh=mesh, in_specs=replicated,
-                                     out_specs=replicated, check_vma=False),
-                       compiler_options=INVARIANT_COMPILER_OPTIONS if micro_shards else None)
+    fed = (jax.sharding.PartitionSpec(None, mesh.axis_names[0]), replicated)
+    compiled = jax.jit(jax.shard_map(
+        chunk, mesh=mesh, in_specs=(replicated, fed if host_fed else replicated) +
+        (replicated,) * 4, out_specs=replicated, check_vma=False),
+        compiler_options=INVARIANT_COMPILER_OPTIONS if micro_shards else None)
 
-  def train_chunk(state, data, keys, first_step, num_steps):
-    return compiled(state, data, keys, first_step, num_steps, np.int32(reduction.trip))
+  def train_chunk(state, inputs, keys, first_step, num_steps):
+    return compiled(state, inputs, keys, first_step, num_steps, np.int32(reduction.trip))
 
   train_chunk.cache_size = compiled._cache_size
   return train_chunk
 
 
+def _resident_examples(data, shuffle_key, first_step, chunk_steps: int, num_examples: int,
+                       batch_size: int) -> Callable:
+  """examples_at(i) -> (indices, examples) of chunk step i: gathered from `data`."""
+  first_epoch, perms = shuffle.chunk_permutations(shuffle_key, first_step, chunk_steps,
+                                                  num_examples, batch_size)
+
+  def examples_at(i):
+    idx = shuffle.batch_from_permutations(first_epoch, perms, first_step + i, num_examples,
+                                          batch_size)
+    return idx, lambda start, size: _gather(data, jax.lax.dynamic_slice_in_dim(idx, start, size))
+
+  return examples_at
+
+
+def _fed_examples(inputs, rows: int, mesh) -> Callable:
+  """examples_at(i) -> (indices, examples) of chunk step i: this device's fed rows."""
+  batches, indices = inputs
+  offset = jax.lax.axis_index(mesh.axis_names[0]) * rows if mesh is not None else 0
+
+  def examples_at(i):
+    batch = {k: v[i] for k, v in batches.items()}
+    return indices[i], lambda start, size: {
+        k: jax.lax.dynamic_slice_in_dim(v, start - offset, size) for k, v in batch.items()}
+
+  return examples_at
+
+
 def _reduction(mesh, micro_shards: int, batch_size: int):
   if mesh is None:
-    return Local()
+    return Local(batch_size)
   axis = mesh.axis_names[0]
   if micro_shards:
     return MicroShards(axis, mesh.shape[axis], micro_shards, batch_size)
   return AcrossDevices(axis, mesh.shape[axis], batch_size)
 
 
-def _scan_steps(step: Callable, state, first_step, num_steps, chunk_steps: int):
-  """Scans step(state, global_step) -> (state, loss, metrics, batch indices) over a chunk.
+def _scan_steps(step: Callable, state, num_steps, chunk_steps: int):
+  """Scans step(state, i) -> (state, loss, metrics, batch indices) over a chunk's steps i.
 
   Steps past num_steps are masked (lax.cond), so one program serves every
   chunk length; the trace holds each step's loss and metrics and the
   fingerprints of its batch and of the model state after it.
   """
 
-  def run(state, global_step):
-    state, loss, metrics, idx = step(state, global_step)
+  def run(state, i):
+    state, loss, metrics, idx = step(state, i)
     return state, {"loss": loss, "batch": fingerprint(idx),
                    "params": fingerprint(state["model"]), "metrics": metrics}
 
-  shapes = jax.eval_shape(run, state, first_step)[1]
+  shapes = jax.eval_shape(run, state, jnp.int32(0))[1]
 
   def body(state, i):
     skip = lambda state: (state, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
-    return jax.lax.cond(i < num_steps, lambda s: run(s, first_step + i), skip, state)
+    return jax.lax.cond(i < num_steps, lambda s: run(s, i), skip, state)
 
   return jax.lax.scan(body, state, jnp.arange(chunk_steps, dtype=jnp.int32))
 
 
-def make_evaluate(graphdef: nnx.GraphDef, task: Task) -> Callable:
-  """A jitted fn(state, split) -> {metric: mean over every example of the split}.
+def make_evaluate_batch(graphdef: nnx.GraphDef, task: Task) -> Callable:
+  """A jitted fn(state, batch, valid) -> {metric: its sum over the batch's first `valid` examples}.
 
   The model is in evaluation mode (model.eval(): dropout off, BatchNorm's
-  running statistics). The split is read in batches of EVAL_BATCH examples,
-  the last one padded and masked. Callers run it on one device
-  (parallel.on_one_device), so that it is the same program on every topology.
+  running statistics). repro.feed.evaluate feeds it a split batch by batch
+  (EVAL_BATCH examples, the last one padded) on one device, and adds the sums
+  in a fixed order: the same program on every topology and data path.
   """
 
   @jax.jit
-  def evaluate(state, split):
+  def evaluate_batch(state, batch, valid):
     model = nnx.merge(graphdef, state)["model"]
     model.eval()
-    n = len(next(iter(split.values())))
-    batch = min(EVAL_BATCH, n)
-    num_batches = -(-n // batch)
-    pad = num_batches * batch - n
-    split = {k: jnp.pad(v, ((0, pad),) + ((0, 0),) * (v.ndim - 1)) for k, v in split.items()}
-    valid = jnp.arange(num_batches * batch) < n
-    part = lambda x, b: jax.lax.dynamic_slice_in_dim(x, b * batch, batch)
-    names = jax.eval_shape(lambda: task.eval_metrics(model, {k: part(v, 0) for k, v in
-                                                              split.items()}))
+    values = task.eval_metrics(model, batch)
+    mask = jnp.arange(len(next(iter(batch.values())))) < valid
+    return {name: jnp.where(mask, value, 0).sum() for name, value in values.items()}
 
-    def body(totals, b):
-      values = task.eval_metrics(model, {k: part(v, b) for k, v in split.items()})
-      mask = part(valid, b)
-      return {k: totals[k] + jnp.where(mask, values[k], 0).sum() for k in totals}, None
-
-    totals = {k: jnp.zeros((), s.dtype) for k, s in names.items()}
-    totals, _ = jax.lax.scan(body, totals, jnp.arange(num_batches))
-    return {k: v / n for k, v in totals.items()}
-
-  return evaluate
+  return evaluate_batch

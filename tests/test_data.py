@@ -37,6 +37,26 @@ def test_load_goes_through_tfds_once_then_reuses_the_prepared_copy(tmp_path):
   assert sorted(map(bytes, first.train_images)) == sorted(map(bytes, images))
 
 
+def test_processes_started_together_prepare_the_copy_once(tmp_path):
+  """Two runs started at once on a fresh TFDS directory (two seeds, or bin/check's runs)
+  used to race in TFDS's rename of its incomplete directory; the preparation is locked."""
+  import json
+  import subprocess
+  import sys
+  src = idx_data.write_dataset(tmp_path / "idx", n_train=40, n_test=10)
+  code = ("import sys, json; from repro import data; notes = []; d = data.load('fashion_mnist',"
+          " sys.argv[1], sys.argv[2], log=notes.append); print(json.dumps([notes, "
+          "int(d.train_images.sum())]))")
+  procs = [subprocess.Popen([sys.executable, "-c", code, str(src), str(tmp_path / "tfds")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for _ in range(3)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+  results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+  assert sum(len(notes) for notes, _ in results) == 1  # prepared by one of them
+  assert len({total for _, total in results}) == 1
+
+
 def test_other_files_get_their_own_prepared_copy_and_fingerprint(tmp_path):
   a = data.load("fashion_mnist", str(idx_data.write_dataset(tmp_path / "a", 40, 10, seed=1)),
                 str(tmp_path / "tfds"), log=lambda _: None)

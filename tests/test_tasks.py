@@ -287,3 +287,21 @@ def test_a_broken_task_is_one_line_and_exit_2(spec, message, tmp_path):
 def test_run_refuses_what_is_not_a_task(tmp_path):
   with pytest.raises(ReproError, match="task must be a repro.Task, got dict"):
     quiet(Config(output=str(tmp_path / "x")), task={"model": None})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_host_fed_path_gives_the_device_paths_bits(name, tiny, reference):
+  fed = quiet(tiny(name, f"{name}-host", data_path="host"))
+  assert fed.digest == reference[name].digest and fed.test == reference[name].test
+  assert_same_run(reference[name].output, fed.output)  # state, metrics.jsonl, trace.jsonl
+
+
+@pytest.mark.parametrize("name", ["cnn", "charlm"])
+def test_a_run_resumes_on_the_other_data_path_bitwise(name, tiny, reference):
+  config = tiny(name, f"{name}-switch")
+  quiet(config.replace(max_steps=13, data_path="host"))
+  resumed = quiet(config.replace(data_path="device"))
+  assert resumed.resumed_from == 13
+  assert_same_run(reference[name].output, resumed.output)
+  manifest = json.loads((Path(resumed.checkpoint) / "manifest" / "metadata").read_text())
+  assert manifest["data"]["path"] == "device" and manifest["config"]["data_path"] == "device"

@@ -1,0 +1,172 @@
+"""Data larger than device memory: sources read by index, host-fed chunks, the same bits."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bits import assert_bitwise_equal, read_losses, restore_state
+from conftest import TRAIN, flags_of, quiet, small_config
+from repro import Config, ReproError, data
+from repro import source as repro_source
+
+TESTS = Path(__file__).resolve().parent
+ENV = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(TESTS))
+
+
+@pytest.fixture(scope="module")
+def reference(idx_dir, tfds_dir, tmp_path_factory):
+  """The reference task on its arrays in memory, device path."""
+  return quiet(small_config(tmp_path_factory.mktemp("feed"), "ref", idx_dir, tfds_dir))
+
+
+@pytest.fixture(scope="module")
+def memmaps(idx_dir, tfds_dir, tmp_path_factory) -> dict:
+  """The training split as two .npy files, and the task options reading them."""
+  loaded = data.load("fashion_mnist", str(idx_dir), str(tfds_dir), log=lambda _: None)
+  root = tmp_path_factory.mktemp("memmaps")
+  np.save(root / "images.npy", loaded.train_images)
+  np.save(root / "labels.npy", loaded.train_labels)
+  return {"images": str(root / "images.npy"), "labels": str(root / "labels.npy")}
+
+
+def memmap_config(tmp_path, idx_dir, tfds_dir, memmaps, **overrides) -> Config:
+  return small_config(tmp_path, "mm", idx_dir, tfds_dir, memmaps,
+                      task="source_tasks:MemmapCNN", **overrides)
+
+
+def test_a_memmap_source_over_the_budget_is_fed_from_the_host_with_the_same_bits(
+    reference, memmaps, idx_dir, tfds_dir, tmp_path):
+  sys.path.insert(0, str(TESTS))
+  result = quiet(memmap_config(tmp_path, idx_dir, tfds_dir, memmaps, data_budget_mb=0))
+  assert_bitwise_equal(restore_state(reference.checkpoint), restore_state(result.checkpoint))
+  assert read_losses(result.output) == read_losses(reference.output)
+  manifest = json.loads((Path(result.checkpoint) / "manifest" / "metadata").read_text())
+  assert manifest["data"]["path"] == "host"
+  assert "positions i * n // 64" in manifest["data"]["splits"]["train"]["rule"]
+  assert json.loads((Path(result.output) / "config.json").read_text())["data_path"] == "host"
+
+
+def test_a_prepared_tfds_directory_read_by_index_gives_the_same_bits(reference, idx_dir,
+                                                                     tfds_dir, tmp_path):
+  sys.path.insert(0, str(TESTS))
+  data.load("fashion_mnist", str(idx_dir), str(tfds_dir), log=lambda _: None)
+  prepared = next(Path(tfds_dir).glob("repro_fashion_mnist/idx_*/1.0.0"))
+  config = small_config(tmp_path, "tfds", idx_dir, tfds_dir, {"prepared": str(prepared)},
+                        task="source_tasks:TFDSCNN", data_path="host")
+  result = quiet(config)
+  assert_bitwise_equal(restore_state(reference.checkpoint), restore_state(result.checkpoint))
+
+
+def train_cli(config: Config) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, str(TRAIN), *flags_of(config)], env=ENV,
+                        capture_output=True, text=True, timeout=300)
+
+
+def one_error_line(result) -> str:
+  assert result.returncode == 2, result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr
+  return lines[0]
+
+
+def test_an_index_out_of_range_is_one_line_and_exit_2(memmaps, idx_dir, tfds_dir, tmp_path):
+  config = memmap_config(tmp_path, idx_dir, tfds_dir, {**memmaps, "extra_length": 40},
+                         data_path="host")
+  assert "index out of range reading the data" in one_error_line(train_cli(config))
+
+
+def test_a_truncated_file_is_one_line_and_exit_2(memmaps, idx_dir, tfds_dir, tmp_path):
+  cut = tmp_path / "images.npy"
+  cut.write_bytes(Path(memmaps["images"]).read_bytes()[:100_000])
+  config = memmap_config(tmp_path, idx_dir, tfds_dir, {**memmaps, "images": str(cut)},
+                         data_path="host")
+  line = one_error_line(train_cli(config))
+  assert "data() failed" in line and "mmap" in line.lower()
+
+
+def test_a_file_that_changes_while_the_run_reads_it_stops_the_run(memmaps, idx_dir, tfds_dir,
+                                                                   tmp_path):
+  import shutil
+  import repro
+  own = {k: str(shutil.copy(v, tmp_path / Path(v).name)) for k, v in memmaps.items()}
+
+  class Overwrite(repro.Component):  # another program rewrites the file mid-run
+    def at_boundary(self, ctx):
+      if ctx.step == 8:
+        Path(own["labels"]).write_bytes(Path(own["labels"]).read_bytes()[::-1])
+
+  config = memmap_config(tmp_path, idx_dir, tfds_dir, own, data_path="host")
+  with pytest.raises(ReproError, match=r"data file .*labels.npy changed while the run read it"):
+    quiet(config, components=[Overwrite()])
+  assert not (Path(config.output) / "16").exists()  # nothing trained on the new bytes is saved
+
+
+def test_each_device_reads_only_its_own_rows_of_every_batch(tmp_path):
+  """With 4 devices, the host gathers each device's rows for that device only; so in a
+  multi-process run each process reads only the examples of its own micro-shards."""
+  code = """
+import json, sys, numpy as np, jax
+sys.path.insert(0, sys.argv[1])
+from repro import feed, parallel, rng, source
+calls = []
+class Recording(source.Arrays):
+  def gather(self, indices):
+    calls.append(sorted(int(i) for i in indices))
+    return super().gather(indices)
+src = Recording({"x": np.arange(64, dtype=np.float32)})
+mesh = parallel.make_mesh(4, 4, 8)
+f = feed.HostFeed(src, rng.streams(0)["shuffle"], 8, 3, mesh)
+batches, idx = f._load(0)
+print(json.dumps({"calls": calls, "idx": np.asarray(idx).tolist(),
+                  "shards": [s.data.shape for s in batches["x"].addressable_shards]}))
+"""
+  env = {**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  out = subprocess.run([sys.executable, "-c", code, str(TESTS.parent)], env=env,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  report = json.loads(out.stdout.strip().splitlines()[-1])
+  idx = np.array(report["idx"])  # (3 steps, 8 examples): device d owns columns 2d, 2d + 1
+  assert len(report["calls"]) == 4 and report["shards"] == [[3, 2]] * 4
+  for d, call in enumerate(report["calls"]):
+    assert call == sorted(idx[:, 2 * d:2 * d + 2].ravel().tolist())
+
+
+def test_npy_task_without_its_files_is_one_line_and_exit_2(tmp_path):
+  config = Config(output=str(tmp_path / "npy"), task="repro.tasks.npy:NpyCNN", max_steps=1)
+  line = one_error_line(train_cli(config))
+  assert "--task.images=IMAGES.npy --task.labels=LABELS.npy" in line
+
+
+def mapped_kib(path: Path) -> int:
+  """Resident KiB of this process's mappings of `path` (from /proc/self/smaps)."""
+  total, inside = 0, False
+  for line in Path("/proc/self/smaps").read_text().splitlines():
+    if line[:1].isalnum() and "-" in line.split()[0]:  # a mapping's header line
+      inside = line.endswith(str(path))
+    elif inside and line.startswith("Rss:"):
+      total += int(line.split()[1])
+  return total
+
+
+def test_reading_a_memmap_does_not_keep_its_pages_resident(tmp_path):
+  """A memmap read at random keeps every page it touched (and the kernel maps their
+  neighbours too): a file larger than memory would fill the process. The source reads
+  the rows it needs, and nothing of the file stays resident."""
+  path = tmp_path / "big.npy"
+  np.save(path, np.arange(16 * 2**20, dtype=np.uint8).reshape(-1, 1024))  # 16 MiB
+  mapped = np.load(path, mmap_mode="r")
+  for start in range(0, len(mapped), 1024):
+    np.asarray(mapped[np.arange(start, start + 1024)])
+  assert mapped_kib(path) > 8 * 1024  # the plain memmap keeps what it read
+  del mapped
+  source = repro_source.Arrays({"x": np.load(path, mmap_mode="r")})
+  got = [source.gather(np.arange(start, start + 1024))["x"] for start in range(0, 16384, 1024)]
+  assert mapped_kib(path) < 1024
+  assert np.array_equal(np.concatenate(got).ravel(), np.arange(16 * 2**20, dtype=np.uint8))
