@@ -5,11 +5,13 @@ from repro import environment as _environment
 _environment.set_determinism_flags()  # before any JAX backend starts
 
 from repro import source
+from repro.checker import check
 from repro.config import Config
 from repro.errors import ReproError
 from repro.loop import Component, Context
 from repro.run import Result, run
 from repro.task import Splits, Task
 
-__all__ = ["Component", "Config", "Context", "ReproError", "Result", "Splits", "Task", "run"]
+__all__ = ["Component", "Config", "Context", "ReproError", "Result", "Splits", "Task", "check",
+           "run"]
 __version__ = "0.1.0"

@@ -250,3 +250,32 @@ def plot_main(argv: list[str]) -> int:
   from repro import plot
   print(f"wrote {plot.plot(argv[1:], FLAGS.out)}")
   return 0
+
+
+def checker_pairs() -> tuple[str, ...]:
+  from repro.checker import PAIRS  # imports jax: only for bin/check
+  return PAIRS
+
+
+def define_check_flags() -> None:
+  """bin/check's flags: bin/train's (the run to check) and how to check it."""
+  define_train_flags()
+  flags.DEFINE_integer("check_steps", 20, "Steps of each run of the check (>= 2).", lower_bound=2)
+  flags.DEFINE_string("check_dir", None, "Keep the check's runs here (default: a temporary "
+                      "directory, removed).")
+  flags.DEFINE_integer("jobs", 0, "Runs at a time (0: one per CPU).", lower_bound=0)
+  flags.DEFINE_list("check_pairs", list(checker_pairs()), "The rows to run: "
+                    + ",".join(checker_pairs()) + " (default all).")
+
+
+@_one_line_errors
+def check_main(argv: list[str]) -> int:
+  """bin/check: 0 every promise holds for the task here, 1 something does not, 2 bad input."""
+  del argv
+  config = config_from_flags().validate()
+  from repro import checker
+  report = checker.check(config, steps=FLAGS.check_steps, pairs=tuple(FLAGS.check_pairs),
+                         jobs=FLAGS.jobs,
+                         workdir=FLAGS.check_dir, log=lambda line: print(line, file=sys.stderr))
+  print(checker.format_report(report), flush=True)
+  return report.exit_code

@@ -50,6 +50,11 @@ class PeerLost(Exception):
   exit_code = 75  # EX_TEMPFAIL, as for a stop by a signal
 
 
+def exit_code_of(err: BaseException) -> int:
+  """The documented exit code of an exception (1 for one of no repro class)."""
+  return getattr(err, "exit_code", 1)
+
+
 def one_line(err: BaseException) -> str:
   """'Type: message' of an exception on one line (for errors in a user's code)."""
   text = " ".join(str(err).split())

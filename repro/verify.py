@@ -77,6 +77,11 @@ def _locate(path: str | Path) -> tuple[Path | None, Path]:
   return path, path / str(max(steps))
 
 
+def manifest_of(path: str | Path) -> dict:
+  """The manifest of a run's latest checkpoint, or of a checkpoint step."""
+  return _read_item(_locate(path)[1], "manifest")
+
+
 def _read_item(step_dir: Path, item: str) -> dict:
   try:
     return ocp.JsonCheckpointHandler().restore(step_dir / item)
