@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -37,8 +36,9 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from common import best_of, measure_loop, measure_ours, public, timed  # noqa: E402
-from repro import checkpoint, environment, rng, train  # noqa: E402
+from common import (best_of, measure_loop, measure_ours, public, timed,  # noqa: E402
+                    write_report)
+from repro import checkpoint, rng, train  # noqa: E402
 from repro.tasks import cnn  # noqa: E402
 
 BATCH = 64
@@ -174,15 +174,8 @@ def main() -> None:
           "ours_over_bound": ours["step_ms"] / bound["step_ms"],
           "checkpoint_stall_fraction": ckpt["save_blocking_ms"] / (500 * ours["step_ms"]),
       },
-      "environment": {**environment.versions(), **environment.cpu_info(),
-                      "python": platform.python_version(), "chunk_steps": args.chunk_steps,
-                      "date": time.strftime("%Y-%m-%d")},
   }
-  text = json.dumps(report, indent=2, default=float)
-  print(text)
-  Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-  Path(args.out).write_text(text + "\n")
-  print(f"wrote {args.out}")
+  write_report(report, args.out, chunk_steps=args.chunk_steps)
 
 
 if __name__ == "__main__":

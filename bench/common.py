@@ -134,3 +134,18 @@ def best_of(contenders: dict[str, Callable[[], dict]], rounds: int) -> dict[str,
 def public(result: dict) -> dict:
   """A measurement without its state and graphdef (for the JSON report)."""
   return {k: v for k, v in result.items() if k not in ("state", "graphdef")}
+
+
+def write_report(report: dict, out: str, **environment_extra) -> None:
+  """Prints the report with this machine's environment added, and writes it to `out`."""
+  import json
+  import platform
+  from repro import environment
+  report = {**report, "environment": {
+      **environment.versions(), **environment.cpu_info(), "python": platform.python_version(),
+      **environment_extra, "date": time.strftime("%Y-%m-%d")}}
+  text = json.dumps(report, indent=2, default=float)
+  print(text)
+  Path(out).parent.mkdir(parents=True, exist_ok=True)
+  Path(out).write_text(text + "\n")
+  print(f"wrote {out}")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -36,8 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from common import best_of, measure_ours, public  # noqa: E402
-from repro import environment  # noqa: E402
+from common import best_of, measure_ours, public, write_report  # noqa: E402
 from repro.tasks.cnn import CNN  # noqa: E402
 
 BATCH = 64
@@ -143,13 +141,8 @@ def main() -> None:
           "big_over_small_per_example": fastest["big"]["step_ms"] / fastest["small"]["step_ms"],
           "big_over_device_per_example": fastest["big"]["step_ms"] / best["device"]["step_ms"],
       },
-      "environment": {**environment.versions(), **environment.cpu_info(),
-                      "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")},
   }
-  text = json.dumps(report, indent=2, default=float)
-  print(text)
-  Path(args.out).write_text(text + "\n")
-  print(f"wrote {args.out}")
+  write_report(report, args.out)
 
 
 if __name__ == "__main__":

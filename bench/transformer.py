@@ -16,19 +16,15 @@ one run, not absolute times across runs.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from common import best_of, measure_loop, measure_ours, public  # noqa: E402
-from repro import environment  # noqa: E402
+from common import best_of, measure_loop, measure_ours, public, write_report  # noqa: E402
 from repro.tasks.charlm import CharLM  # noqa: E402
 
 BATCH = 64
@@ -64,13 +60,8 @@ def main() -> None:
       "task": {"name": "charlm", **task.options(), "text": "all of /usr/share/common-licenses"},
       "batch": BATCH, "rounds": args.rounds, "ours": public(ours), "loop": loop,
       "ratios": {"loop_over_ours": loop["epoch_s"] / ours["epoch_s"]},
-      "environment": {**environment.versions(), **environment.cpu_info(),
-                      "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")},
   }
-  text = json.dumps(report, indent=2, default=float)
-  print(text)
-  Path(args.out).write_text(text + "\n")
-  print(f"wrote {args.out}")
+  write_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import concurrent.futures
 import dataclasses
 import json
 import os
-import pickle
 import shutil
 import subprocess
 import sys
@@ -148,14 +147,13 @@ if main:  # the task's class lives in the caller's script: load it, not run it
   module = importlib.util.module_from_spec(spec)
   sys.modules["__main__"] = module
   spec.loader.exec_module(module)
-import json, pickle
 from repro.checker import child_main
 sys.exit(child_main(*sys.argv[1:]))
 """
 
 
 def child_main(task_file: str, config_file: str, twice: str = "") -> int:
-  """A check's run in its own process: the task unpickled, trained by repro.run.
+  """A check's run in its own process: the task rebuilt (load_task), trained by repro.run.
 
   twice: first train the same config into that scratch directory, in this
   process (a second run in one process must equal a first).
@@ -163,7 +161,7 @@ def child_main(task_file: str, config_file: str, twice: str = "") -> int:
   from repro.errors import exit_code_of, one_line
   from repro.run import run
   try:
-    task = pickle.loads(Path(task_file).read_bytes())
+    task = load_task(Path(task_file))
     config = Config.from_dict(json.loads(Path(config_file).read_text()))
     if twice:
       run(config.replace(output=twice), task, log=lambda _: None)
@@ -343,7 +341,6 @@ def check(config: Config, task: task_lib.Task | None = None, *, steps: int = 20,
     raise ReproError(f"--check_pairs: unknown {', '.join(unknown) or '(none given)'}; choose "
                      f"from {','.join(PAIRS)}")
   main = _main_file(task)
-  blob = _pickled(task)
   import jax
   ways, compared, skipped = plan(config, steps, len(os.sched_getaffinity(0)),
                                  jax.default_backend(), tuple(dict.fromkeys(pairs)))
@@ -351,7 +348,7 @@ def check(config: Config, task: task_lib.Task | None = None, *, steps: int = 20,
   root = Path(workdir).absolute() if workdir else Path(tempfile.mkdtemp(prefix="repro-check-"))
   root.mkdir(parents=True, exist_ok=True)
   try:
-    (root / "task.pkl").write_bytes(blob)
+    save_task(task, root / "task.json")
     runs = _run_all(ways, config, steps, root, main, jobs, config.progress)
     if isinstance(runs["base"], RunFailed):
       raise ReproError(f"the task's plain run failed, so nothing can be compared: "
@@ -372,7 +369,7 @@ def _run_all(ways: list[Way], config: Config, steps: int, root: Path, main: str 
   from tqdm import tqdm
   runs = {}
   with concurrent.futures.ThreadPoolExecutor(jobs or os.cpu_count() or 1) as pool:
-    futures = {pool.submit(run_way, w, config, steps, root, root / "task.pkl", main): w.name
+    futures = {pool.submit(run_way, w, config, steps, root, root / "task.json", main): w.name
                for w in ways}
     bar = tqdm(total=len(ways), desc="check runs", unit="run", disable=not progress,
                file=sys.stderr)
@@ -405,13 +402,42 @@ def _main_file(task: task_lib.Task) -> str | None:
   return os.path.abspath(main)
 
 
-def _pickled(task: task_lib.Task) -> bytes:
-  try:
-    return pickle.dumps(task)
-  except Exception as err:
-    raise ReproError(f"task {task_lib.task_name(task)} cannot be passed to fresh processes "
-                     f"({type(err).__name__}: {err}): give it plain options and arrays "
-                     f"(no lambdas or open files)") from None
+def save_task(task: task_lib.Task, path: Path) -> None:
+  """Writes what rebuilds `task` in a fresh process: its class, options and arrays.
+
+  path holds {"class": "module:QualName", "fields": {name: JSON value}}; the
+  fields that hold arrays go to path.with_suffix(".npz"). A field of any
+  other kind is refused with one line.
+  """
+  import numpy as np
+  fields, arrays = {}, {}
+  for field in dataclasses.fields(task) if dataclasses.is_dataclass(task) else ():
+    if not field.init:
+      continue
+    value = getattr(task, field.name)
+    if isinstance(value, np.ndarray) or hasattr(value, "__array__"):
+      arrays[field.name] = np.asarray(value)
+    elif task_lib.is_json(value):
+      fields[field.name] = value
+    else:
+      raise ReproError(f"task {task_lib.task_name(task)}: field {field.name} holds a "
+                       f"{type(value).__name__}, which cannot be passed to fresh processes: "
+                       f"give the task plain options and arrays")
+  path.write_text(json.dumps({"class": task_lib.spec_of(task), "fields": fields}))
+  np.savez(path.with_suffix(".npz"), **arrays)
+
+
+def load_task(path: Path) -> task_lib.Task:
+  """The task save_task wrote (its class imported, or found in the loaded __main__ script)."""
+  import importlib
+  import numpy as np
+  described = json.loads(path.read_text())
+  module_name, _, qualname = described["class"].partition(":")
+  target = importlib.import_module(module_name)
+  for part in qualname.split("."):
+    target = getattr(target, part)
+  with np.load(path.with_suffix(".npz")) as arrays:
+    return target(**described["fields"], **{k: arrays[k] for k in arrays.files})
 
 
 def format_report(report: Report) -> str:

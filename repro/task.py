@@ -129,7 +129,7 @@ class Task:
     if not dataclasses.is_dataclass(self):
       return {}
     return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-            if not f.metadata.get("data") and _is_json(getattr(self, f.name))}
+            if not f.metadata.get("data") and is_json(getattr(self, f.name))}
 
   def identity(self) -> dict[str, Any]:
     """What of the task decides the bits: its name, options and architecture."""
@@ -168,7 +168,7 @@ def spec_of(task: Task) -> str:
   return f"{type(task).__module__}:{type(task).__qualname__}"
 
 
-def _is_json(value) -> bool:
+def is_json(value) -> bool:
   try:
     json.dumps(value)
   except (TypeError, ValueError):
