@@ -36,11 +36,17 @@ class Prepared:
   def resident(self, name: str) -> dict[str, np.ndarray]:
     """A split's arrays in memory (views where it already is), for the device path."""
     split = getattr(self, name)
-    if isinstance(split, Arrays):
-      return split.arrays
-    if isinstance(split, Subset) and isinstance(split.source, Arrays):
-      return {k: v[split.start:split.stop] for k, v in split.source.arrays.items()}
-    return split.gather(np.arange(len(split)))
+    views = _views(split)
+    return views if views is not None else split.gather(np.arange(len(split)))
+
+
+def _views(split: Source) -> dict[str, np.ndarray] | None:
+  """The arrays of an Arrays source (or of a Subset of one) without a copy, else None."""
+  if isinstance(split, Arrays):
+    return split.arrays
+  if isinstance(split, Subset) and isinstance(split.source, Arrays):
+    return {k: v[split.start:split.stop] for k, v in split.source.arrays.items()}
+  return None
 
 
 def fingerprint(split: dict[str, np.ndarray]) -> str:
@@ -51,10 +57,6 @@ def fingerprint(split: dict[str, np.ndarray]) -> str:
     digest.update(f"{array.dtype.str}{array.shape}".encode())
     digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))  # no copy
   return digest.hexdigest()
-
-
-def size(split) -> int:
-  return len(split) if isinstance(split, Source) else len(next(iter(split.values())))
 
 
 def _checked_split(name: str, split, task: str) -> Source:
@@ -111,12 +113,12 @@ def prepare(splits: Splits, task: str, validation_examples: int, batch_size: int
                        f"--validation_examples at 0")
     keep = len(train) - validation_examples
     if keep < batch_size:
-      raise ReproError(f"--batch_size={batch_size} is larger than what the {size(train)} "
+      raise ReproError(f"--batch_size={batch_size} is larger than what the {len(train)} "
                        f"training examples less --validation_examples={validation_examples} leave "
                        f"({max(keep, 0)}): pass a smaller --batch_size or --validation_examples")
     train, validation = Subset(train, 0, keep), Subset(train, keep, len(train))
   elif len(train) < batch_size:
-    raise ReproError(f"--batch_size={batch_size} is larger than the {size(train)} training "
+    raise ReproError(f"--batch_size={batch_size} is larger than the {len(train)} training "
                      f"examples of task {task}: pass a smaller --batch_size")
   full = {name: isinstance(split, dict) for name, split in splits.named().items()}
   fingerprints = {name: _fingerprint(split, full[name]) for name, split in given.items()}
@@ -128,11 +130,7 @@ def prepare(splits: Splits, task: str, validation_examples: int, batch_size: int
 
 def _fingerprint(split: Source, full: bool) -> str:
   """Every byte's sha256 for what a task gave as arrays in memory, else the Source's own."""
-  if not full:
-    return split.fingerprint()
-  if isinstance(split, Subset):
-    return fingerprint({k: v[split.start:split.stop] for k, v in split.source.arrays.items()})
-  return fingerprint(split.arrays)
+  return fingerprint(_views(split)) if full else split.fingerprint()
 
 
 def _info(splits: Splits, given: dict, train: Source, validation: Source | None,
