@@ -47,6 +47,13 @@ class Source:
     """The files the source reads (their size and time are watched)."""
     return []
 
+  def _check_range(self, indices: np.ndarray, what: str) -> None:
+    """One line (ReproError) if an index falls outside 0..len(self) - 1."""
+    if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
+      bad = int(indices.min()) if indices.min() < 0 else int(indices.max())
+      raise ReproError(f"index {bad} is out of range for {what} of {len(self)} examples: "
+                       f"the source shrank or its length is wrong")
+
   @property
   def nbytes(self) -> int:
     return len(self) * sum(np.dtype(d).itemsize * int(np.prod(s))
@@ -95,9 +102,7 @@ class Arrays(Source):
     return {k: (v.dtype, v.shape[1:]) for k, v in self.arrays.items()}
 
   def gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-    if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
-      raise ReproError(f"index {int(indices.max())} is out of range for a source of "
-                       f"{len(self)} examples: the source shrank or its length is wrong")
+    self._check_range(indices, "a source")
     try:
       return {k: _read_rows(v, indices) if _whole_file_map(v) else np.asarray(v[indices])
               for k, v in self.arrays.items()}
@@ -165,8 +170,7 @@ class Subset(Source):
     return self.source.features()
 
   def gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-    if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
-      raise ReproError(f"index {int(indices.max())} is out of range for {len(self)} examples")
+    self._check_range(indices, "a held-out part")
     return self.source.gather(np.asarray(indices) + self.start)
 
   def files(self) -> list[Path]:
@@ -194,9 +198,7 @@ class TFDS(Source):
     return self._features
 
   def gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-    if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
-      raise ReproError(f"index {int(indices.max())} is out of range for TFDS {self.name} "
-                       f"{self.split} ({len(self)} examples)")
+    self._check_range(indices, f"TFDS {self.name} {self.split}")
     try:
       examples = self.data.__getitems__([int(i) for i in indices])
     except Exception as err:  # array_record raises its own types for a damaged file

@@ -170,3 +170,17 @@ def test_reading_a_memmap_does_not_keep_its_pages_resident(tmp_path):
   got = [source.gather(np.arange(start, start + 1024))["x"] for start in range(0, 16384, 1024)]
   assert mapped_kib(path) < 1024
   assert np.array_equal(np.concatenate(got).ravel(), np.arange(16 * 2**20, dtype=np.uint8))
+
+
+@pytest.mark.parametrize("source", [
+    repro_source.Arrays({"x": np.arange(10)}),
+    repro_source.Subset(repro_source.Arrays({"x": np.arange(10)}), 2, 6),
+])
+def test_an_index_outside_a_source_is_one_line(source):
+  with pytest.raises(ReproError, match=rf"index {len(source)} is out of range for .* of "
+                                       rf"{len(source)} examples"):
+    source.gather(np.array([0, len(source)]))
+  with pytest.raises(ReproError, match="index -1 is out of range"):
+    source.gather(np.array([-1, 0]))
+  assert source.gather(np.array([len(source) - 1]))["x"].tolist() == [len(source) - 1 +
+                                                                       getattr(source, "start", 0)]
