@@ -38,7 +38,7 @@ from flax import nnx  # noqa: E402
 
 from common import (best_of, measure_loop, measure_ours, public, timed,  # noqa: E402
                     write_report)
-from repro import checkpoint, rng, train  # noqa: E402
+from repro import checkpoint, core, rng  # noqa: E402
 from repro.tasks import cnn  # noqa: E402
 
 BATCH = 64
@@ -61,7 +61,7 @@ class ArticleCNN(cnn.CNN):
 def measure_bound(graphdef, state, train_split) -> dict:
   """FLOPs of one step as XLA counts them, at the measured matmul FLOP/s of this CPU."""
   batch = {k: jnp.asarray(v[:BATCH]) for k, v in train_split.items()}
-  one = train.make_step(graphdef, cnn.CNN(), train.Local(BATCH), rng.streams(0))
+  one = core.make_step(graphdef, cnn.CNN(), core.Local(BATCH), rng.streams(0))
   examples = lambda b: lambda start, size: {k: jax.lax.dynamic_slice_in_dim(v, start, size)
                                             for k, v in b.items()}
   step = jax.jit(lambda s, b: one(s, examples(b), 0, 1))
@@ -101,7 +101,7 @@ def measure_checkpoint(state) -> dict:
 STARTUP = """
 import json, sys, time; t0 = time.perf_counter()
 import jax, numpy as np
-from repro import Config, rng, state, train
+from repro import Config, core, rng, state
 from repro.tasks.cnn import CNN
 t_import = time.perf_counter()
 jax.config.update("jax_compilation_cache_dir", sys.argv[1])
@@ -109,7 +109,7 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 task = CNN(); split = task.data().train
 t_data = time.perf_counter()
 keys = rng.streams(0); built = state.build(task, Config(), keys, 2811, None)
-chunk = train.make_train_chunk(built.graphdef, task, chunk_steps=100, num_examples=60000,
+chunk = core.make_train_chunk(built.graphdef, task, chunk_steps=100, num_examples=60000,
                                batch_size=64)
 s, t = chunk(built.state, jax.device_put(split), keys, np.int32(0), np.int32(1))
 np.asarray(t["loss"])

@@ -20,7 +20,7 @@ from flax import nnx
 
 from repro import Config, parallel, rng, shuffle
 from repro import state as state_lib
-from repro import train
+from repro import core
 from repro.feed import HostFeed
 from repro.source import Arrays, Source
 from repro.task import Task, unpack_loss
@@ -46,7 +46,7 @@ def measure_ours(task: Task, train_split, batch: int, chunk_steps: int = 100,
   n = len(source)
   mesh = parallel.make_mesh(devices, micro_shards, batch)
   built = state_lib.build(task, Config(batch_size=batch), keys, 10**6, mesh)
-  chunk = train.make_train_chunk(built.graphdef, task, chunk_steps=chunk_steps, num_examples=n,
+  chunk = core.make_train_chunk(built.graphdef, task, chunk_steps=chunk_steps, num_examples=n,
                                  batch_size=batch, mesh=mesh, micro_shards=micro_shards,
                                  host_fed=host_fed)
   inputs = _inputs(source, keys["shuffle"], batch, chunk_steps, mesh, host_fed)

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from repro import Config, digest, rng, state, train
+from repro import Config, core, digest, rng, state
 from repro.tasks.cnn import CNN
 
 
@@ -37,7 +37,7 @@ def main() -> None:
   split = jax.device_put(task.data().train)
   keys = rng.streams(0)
   built = state.build(task, Config(), keys, 10**6, mesh=None)
-  chunk = train.make_train_chunk(built.graphdef, task, chunk_steps=args.chunk,
+  chunk = core.make_train_chunk(built.graphdef, task, chunk_steps=args.chunk,
                                  num_examples=len(split["label"]), batch_size=64)
   results, started = [], time.time()
   for _ in range(args.calls):

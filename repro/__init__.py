@@ -8,10 +8,10 @@ from repro import source
 from repro.checker import check
 from repro.config import Config
 from repro.errors import ReproError
-from repro.loop import Component, Context
-from repro.run import Result, run
+from repro.runner import Result, run
+from repro.runstate import Hook, RunState, StepInfo
 from repro.task import Splits, Task
 
-__all__ = ["Component", "Config", "Context", "ReproError", "Result", "Splits", "Task", "check",
-           "run"]
+__all__ = ["Config", "Hook", "ReproError", "Result", "RunState", "Splits", "StepInfo", "Task",
+           "check", "run"]
 __version__ = "0.1.0"

@@ -159,7 +159,7 @@ def child_main(task_file: str, config_file: str, twice: str = "") -> int:
   process (a second run in one process must equal a first).
   """
   from repro.errors import exit_code_of, one_line
-  from repro.run import run
+  from repro.runner import run
   try:
     task = load_task(Path(task_file))
     config = Config.from_dict(json.loads(Path(config_file).read_text()))
@@ -332,7 +332,7 @@ def check(config: Config, task: task_lib.Task | None = None, *, steps: int = 20,
   default a temporary directory, removed. Raises ReproError (one line) for a
   bad config or task, or when the plain run itself fails.
   """
-  from repro.run import resolve
+  from repro.runner import resolve
   config, task = resolve(config, task)
   if steps < 2:
     raise ReproError(f"--check_steps={steps}: pass 2 or more (a run is resumed midway)")

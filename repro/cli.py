@@ -193,10 +193,10 @@ def _one_line_errors(main):
 
 
 @_one_line_errors
-def train_main(argv: list[str], components=()) -> int:
+def train_main(argv: list[str], hooks=()) -> int:
   """bin/train: 0 done, 2 bad input, 75 stopped with a checkpoint (rerun to resume).
 
-  components: extra repro.loop.Components (tests add fault injection here).
+  hooks: repro.Hooks for the run (tests add fault injection here).
   """
   del argv
   config = config_from_flags().validate()
@@ -204,9 +204,9 @@ def train_main(argv: list[str], components=()) -> int:
   if (FLAGS.coordinator_address or FLAGS.num_processes is not None
       or FLAGS.process_id is not None or os.environ.get("JAX_COORDINATOR_ADDRESS")):
     parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  from repro.run import run
+  from repro.runner import run
   try:
-    result = run(config, components=components)
+    result = run(config, hooks=hooks)
   except (PeerLost, CheckpointWriteError) as err:
     print(f"error: {err}", file=sys.stderr, flush=True)
     sys.stdout.flush()

@@ -1,26 +1,23 @@
-"""The components of a run: each acts at chunk boundaries (see repro.loop).
+"""The phases of a chunk boundary, each a small unit with one job (see repro.trainer).
 
-repro.run builds them in this order, which is the order they act in:
-  StopOnSignal  a SIGTERM/SIGINT (in any process) stops the run at this boundary
+  StopOnSignal  a SIGTERM/SIGINT to any process of the run, agreed on by all
   FiniteGuard   a NaN or infinite loss or state stops the run before anything
-                of this chunk is logged or saved
-  Validation    evaluates at epoch ends and every eval_every steps; early
-                stopping, the plateau schedule, the best checkpoint
-  FinalTest     evaluates the test split once the target step is reached
-  Logs          metrics.jsonl and trace.jsonl
-  TensorBoard   the same scalars for TensorBoard
-  Checkpointer  saves every checkpoint_every steps, at the end, on a stop and
-                at each improvement
-  Progress      the progress bar
-User components (repro.run's `components`) act after these.
+                of the chunk is logged or saved
+  Decisions     early stopping, the plateau schedule and the best checkpoint,
+                from a validation result (repro.control, a pure state machine)
+  Logs, TensorBoard, Progress   what a boundary reports (Reporters: all three)
+  Checkpointer  a checkpoint of the RunState, with its cursor and manifest
+
+None reads what another wrote: each takes its inputs as arguments, and the
+trainer calls them in the order they act.
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
-import math
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -33,26 +30,22 @@ from repro import metrics as metrics_lib
 from repro import optim
 from repro import parallel
 from repro.errors import NonFiniteLoss
-from repro.loop import Component, Context
+from repro.runstate import TRAIN, VAL, Chunk, RunState, StepInfo
 
 
 def now() -> str:
   return datetime.datetime.now(datetime.timezone.utc).isoformat()
 
 
-def _next_multiple(step: int, every: int) -> float:
-  return (step // every + 1) * every if every else math.inf
-
-
 def hex32(value) -> str:
   return f"{int(value):08x}"
 
 
-class StopOnSignal(Component):
-  """Stops the run at the boundary after a SIGTERM or SIGINT to any of its processes.
+class StopOnSignal:
+  """Whether a SIGTERM or SIGINT asked any process of the run to stop.
 
   Every process must take the same branches, so a stop asked of any one is
-  agreed on by all at each boundary (one tiny collective).
+  agreed on by all (one tiny collective per poll).
   """
 
   def __init__(self, requests):
@@ -63,19 +56,15 @@ class StopOnSignal(Component):
       return self.requests.signal_name or "a stop in another process"
     return None
 
-  def at_boundary(self, ctx: Context) -> None:
-    ctx.stop = ctx.stop or self.poll()
 
-
-class FiniteGuard(Component):
+class FiniteGuard:
   """Stops the run at the first NaN or infinite loss, or a non-finite state.
 
-  The losses are the trace's, already on the host once per chunk (no extra
-  sync per step); the state is checked once per chunk (the last step's update
-  may make it non-finite while its loss is still finite). It acts before the
-  logs and the checkpointer, so no non-finite state is ever saved and no
-  finite checkpoint is rotated away. With allow (--allow_nonfinite) it warns
-  once and lets the run go on.
+  The losses are the chunk's trace, already on the host; the state is
+  checked once per chunk (the last step's update may make it non-finite while
+  its loss is still finite). It runs before anything is logged or saved, so no
+  non-finite state is ever saved and no finite checkpoint is rotated away.
+  With allow (--allow_nonfinite) it warns once and lets the run go on.
   """
 
   def __init__(self, all_finite: Callable, allow: bool, checkpoint_path: Callable,
@@ -83,13 +72,13 @@ class FiniteGuard(Component):
     self.all_finite, self.allow, self.checkpoint_path = all_finite, allow, checkpoint_path
     self.log, self.warned = log, False
 
-  def at_boundary(self, ctx: Context) -> None:
-    losses = np.asarray(ctx.trace["loss"])
+  def check(self, chunk: Chunk, state: RunState, saved_step: int | None) -> None:
+    losses = np.asarray(chunk.trace["loss"])
     bad = np.flatnonzero(~np.isfinite(losses))
     if len(bad):
-      what = f"the loss became {losses[bad[0]]} at step {ctx.first + 1 + int(bad[0])}"
-    elif not self.all_finite(ctx.state):
-      what = f"the model or optimizer state became non-finite by step {ctx.step}"
+      what = f"the loss became {losses[bad[0]]} at step {chunk.first + 1 + int(bad[0])}"
+    elif not self.all_finite(state.train):
+      what = f"the model or optimizer state became non-finite by step {state.step}"
     else:
       return
     if self.allow:
@@ -97,76 +86,54 @@ class FiniteGuard(Component):
         self.log(f"warning: {what}; training on (--allow_nonfinite)")
         self.warned = True
       return
-    last = (f"the last finite checkpoint is {self.checkpoint_path(ctx.saved_step)}"
-            if ctx.saved_step is not None else "no checkpoint was saved")
+    last = (f"the last finite checkpoint is {self.checkpoint_path(saved_step)}"
+            if saved_step is not None else "no checkpoint was saved")
     raise NonFiniteLoss(f"{what}: stopped, nothing non-finite was saved and {last}: rerun with "
                         f"a lower --learning_rate (or gradient clipping in the task's "
                         f"optimizer) and a new --output, or pass --allow_nonfinite to train on")
 
 
-class Validation(Component):
-  """Evaluates the validation split at points fixed by the step alone.
+class Decisions:
+  """The run state after a validation result: best so far, early stop, plateau decay."""
 
-  Those points are the epoch ends and the multiples of eval_every, never
-  interruptions or checkpoints, so that an interrupted run observes exactly
-  what an uninterrupted one does. The results steer early stopping, the
-  plateau schedule and the kept best checkpoint (repro.control).
-  """
+  def __init__(self, settings: control_lib.Settings, config, total_steps: int, put: Callable,
+               log: Callable):
+    self.settings, self.config, self.total, self.put, self.log = (
+        settings, config, total_steps, put, log)
 
-  def __init__(self, evaluate: Callable, split, config, settings: control_lib.Settings,
-               steps_per_epoch: int, total_steps: int, put: Callable, log: Callable):
-    self.evaluate, self.split, self.config = evaluate, split, config
-    self.settings, self.spe, self.total = settings, steps_per_epoch, total_steps
-    self.put, self.log = put, log
-
-  def next_boundary(self, step: int) -> float:
-    return min(_next_multiple(step, self.spe), _next_multiple(step, self.config.eval_every))
-
-  def at_boundary(self, ctx: Context) -> None:
-    if ctx.step % self.spe and not (self.config.eval_every and
-                                    ctx.step % self.config.eval_every == 0):
-      return
-    results = self.evaluate(ctx.state, self.split, "val_")
-    before = ctx.control
-    ctx.control = control_lib.observe(before, self.settings, ctx.step, results)
-    if ctx.control.lr != before.lr:  # the plateau schedule decays from the next step on
-      ctx.state = _with_learning_rate(ctx.state, ctx.control.lr, self.put)
-      self.log(f"step {ctx.step}: no improvement of {self.settings.monitor} in "
+  def __call__(self, state: RunState, results: dict | None
+               ) -> tuple[RunState, dict | None, bool]:
+    """(state, the evaluation record for the logs, whether the monitor improved)."""
+    if results is None:
+      return state, None, False
+    control = control_lib.observe(state.control, self.settings, state.step, results)
+    train = state.train
+    if control.lr != state.control.lr:  # the plateau schedule decays from the next step on
+      train = _with_learning_rate(train, control.lr, self.put)
+      self.log(f"step {state.step}: no improvement of {self.settings.monitor} in "
                f"{self.settings.plateau_patience} evaluations; learning rate -> "
-               f"{ctx.control.lr:.3g}")
-    lr = optim.learning_rate(self.config, self.total, ctx.step, ctx.control.lr)
-    ctx.records.append({"step": ctx.step, **results, "lr": lr})
-    ctx.metrics.update(results)
-    ctx.save = ctx.save or control_lib.improved(before, ctx.control)
-    if ctx.control.stopped_early:
-      self.log(f"early stop at step {ctx.step}: no improvement of {self.settings.monitor} in "
-               f"{self.settings.patience} evaluations; best {ctx.control.best:.4f} at step "
-               f"{ctx.control.best_step}")
-      ctx.target = ctx.step
+               f"{control.lr:.3g}")
+    if control.stopped_early:
+      self.log(f"early stop at step {state.step}: no improvement of {self.settings.monitor} in "
+               f"{self.settings.patience} evaluations; best {control.best:.4f} at step "
+               f"{control.best_step}")
+    lr = optim.learning_rate(self.config, self.total, state.step, control.lr)
+    record = {"step": state.step, **results, "lr": lr}
+    return (state.replace(control=control, train=train), record,
+            control_lib.improved(state.control, control))
 
 
-def _with_learning_rate(state, lr: float, put: Callable):
-  pure = nnx.to_pure_dict(state)
+def _with_learning_rate(train, lr: float, put: Callable):
+  pure = nnx.to_pure_dict(train)
   tree = pure
   for key in optim.PLATEAU_PATH[:-1]:
     tree = tree[key]
   tree[optim.PLATEAU_PATH[-1]] = put(np.float32(lr))
-  nnx.replace_by_pure_dict(state, pure)
-  return state
+  nnx.replace_by_pure_dict(train, pure)
+  return train
 
 
-class FinalTest(Component):
-  """Evaluates the test split (if the task has one) when the run reaches its target."""
-
-  def __init__(self, evaluate: Callable, split):
-    self.evaluate, self.split = evaluate, split
-
-  def at_boundary(self, ctx: Context) -> None:
-    if ctx.step == ctx.target and self.split is not None:
-      ctx.metrics.update(self.evaluate(ctx.state, self.split, "test_"))
-
-
-class Logs(Component):
+class Logs:
   """metrics.jsonl (per-step loss and metrics, evaluations) and trace.jsonl.
 
   On resume both are cut back to the resumed step, so that a resumed run's
@@ -179,15 +146,17 @@ class Logs(Component):
     if step == 0:  # the initial parameters: where seeds 0 and 1 already differ
       self.trace.append([{"step": 0, "params": hex32(initial_params())}])
 
-  def at_boundary(self, ctx: Context) -> None:
-    t, first = ctx.trace, ctx.first
-    extra = [{f"train_{k}": float(v[i]) for k, v in t["metrics"].items()}
-             for i in range(len(t["loss"]))]
-    self.metrics.append({"step": first + 1 + i, "loss": x, **extra[i]}
-                        for i, x in enumerate(ctx.losses))
-    self.trace.append({"step": first + 1 + i, "loss": x, "batch": hex32(t["batch"][i]),
-                       "params": hex32(t["params"][i])} for i, x in enumerate(ctx.losses))
-    self.metrics.append(ctx.records)
+  def write(self, info: StepInfo) -> None:
+    t, steps, losses = info.chunk.trace, info.chunk.steps, info.chunk.losses
+    extra = [{f"{TRAIN}{k}": float(v[i]) for k, v in t["metrics"].items()}
+             for i in range(len(losses))]
+    self.metrics.append({"step": s, "loss": x, **extra[i]}
+                        for i, (s, x) in enumerate(zip(steps, losses)))
+    self.trace.append({"step": s, "loss": x, "batch": hex32(t["batch"][i]),
+                       "params": hex32(t["params"][i])}
+                      for i, (s, x) in enumerate(zip(steps, losses)))
+    if info.evaluation is not None:
+      self.metrics.append([info.evaluation])
 
   def sync(self) -> None:
     self.metrics.sync()
@@ -198,7 +167,7 @@ class Logs(Component):
     self.trace.close()
 
 
-class TensorBoard(Component):
+class TensorBoard:
   """The training loss, the learning rate and every evaluation, for TensorBoard.
 
   On resume, events written after the resumed step are purged.
@@ -212,14 +181,13 @@ class TensorBoard(Component):
     self.writer = SummaryWriter(logdir=str(output / "tensorboard"),
                                 purge_step=step + 1 if step else None, flush_secs=30)
 
-  def at_boundary(self, ctx: Context) -> None:
-    for i, loss in enumerate(ctx.losses):
-      self.writer.add_scalar("train/loss", loss, ctx.first + 1 + i)
-    for record in ctx.records:
-      for name, value in record.items():
-        if name != "step":
-          self.writer.add_scalar("train/lr" if name == "lr" else f"val/{name[4:]}", value,
-                                 record["step"])
+  def write(self, info: StepInfo) -> None:
+    for step, loss in zip(info.chunk.steps, info.chunk.losses):
+      self.writer.add_scalar("train/loss", loss, step)
+    for name, value in (info.evaluation or {}).items():
+      if name != "step":
+        self.writer.add_scalar("train/lr" if name == "lr" else f"val/{name.removeprefix(VAL)}",
+                               value, info.step)
 
   def sync(self) -> None:
     self.writer.flush()
@@ -228,49 +196,68 @@ class TensorBoard(Component):
     self.writer.close()
 
 
-class Checkpointer(Component):
-  """Saves a checkpoint every `every` steps, at the target, on a stop and when asked.
-
-  `describe(ctx, pure)` gives the (cursor, manifest) of the state; the logs are
-  made durable first, so that a checkpoint never refers to steps they lack.
-  """
-
-  def __init__(self, store, every: int, describe: Callable, syncs: list[Callable],
-               events: metrics_lib.MetricsLog | None):
-    self.store, self.every, self.describe = store, every, describe
-    self.syncs, self.events = syncs, events
-
-  def next_boundary(self, step: int) -> float:
-    return _next_multiple(step, self.every)
-
-  def at_boundary(self, ctx: Context) -> None:
-    if ctx.step % self.every and ctx.step != ctx.target and not ctx.stop and not ctx.save:
-      return
-    pure = nnx.to_pure_dict(ctx.state)
-    cursor, manifest = self.describe(ctx, pure)
-    for sync in self.syncs:
-      sync()
-    validation = {k: v for k, v in ctx.metrics.items() if k.startswith("val_")}
-    self.store.save(ctx.step, pure, cursor, manifest,
-                    metrics={"step": ctx.step, **validation} if validation else None)
-    if self.events is not None:
-      self.events.append([{"event": "checkpoint", "step": ctx.step, "time": now()}])
-    ctx.saved_step, ctx.manifest = ctx.step, manifest
-
-
-class Progress(Component):
-  """A tqdm bar on stderr: step, epoch and loss (and where a resumed run started)."""
+class Progress:
+  """A tqdm bar on stderr: step, epoch, loss and the last chunk's ms a step."""
 
   def __init__(self, target: int, step: int, steps_per_epoch: int, label: str, enabled: bool):
-    self.spe = steps_per_epoch
+    self.spe, self.since = steps_per_epoch, time.perf_counter()
     self.bar = tqdm(total=target, initial=step, unit="step", disable=not enabled,
                     desc=label + (f" (resumed at {step})" if step else ""), file=sys.stderr,
                     dynamic_ncols=True)
 
-  def at_boundary(self, ctx: Context) -> None:
-    self.bar.set_postfix(loss=f"{ctx.metrics['loss']:.4f}", epoch=ctx.step // self.spe,
+  def write(self, info: StepInfo) -> None:
+    took, self.since = time.perf_counter() - self.since, time.perf_counter()
+    self.bar.set_postfix(loss=f"{info.loss:.4f}", epoch=info.step // self.spe,
+                         ms_step=f"{1000 * took / max(1, len(info.chunk.steps)):.1f}",
                          refresh=False)
-    self.bar.update(ctx.step - ctx.first)
+    self.bar.update(len(info.chunk.steps))
+
+  def sync(self) -> None:
+    pass
 
   def close(self) -> None:
     self.bar.close()
+
+
+class Reporters:
+  """What a boundary reports, in order: each reporter's write, sync and close."""
+
+  def __init__(self, reporters: list):
+    self.reporters = reporters
+
+  def write(self, info: StepInfo) -> None:
+    for reporter in self.reporters:
+      reporter.write(info)
+
+  def sync(self) -> None:
+    """Makes what was written durable (before each checkpoint)."""
+    for reporter in self.reporters:
+      reporter.sync()
+
+  def close(self) -> None:
+    for reporter in self.reporters:
+      reporter.close()
+
+
+class Checkpointer:
+  """Saves checkpoints of the RunState: the state, its cursor and its manifest.
+
+  describe(state, metrics, pure) gives the (cursor, manifest) of a RunState
+  whose train state's pure dict is `pure`. saved: the (step, manifest) of the
+  checkpoint the run resumed from, if any.
+  """
+
+  def __init__(self, store, describe: Callable, events: metrics_lib.MetricsLog | None,
+               saved: tuple[int, dict] | None = None):
+    self.store, self.describe, self.events = store, describe, events
+    self.saved_step, self.manifest = saved if saved is not None else (None, None)
+
+  def save(self, info: StepInfo) -> None:
+    pure = nnx.to_pure_dict(info.state.train)
+    cursor, manifest = self.describe(info.state, info.metrics, pure)
+    validation = {k: v for k, v in info.metrics.items() if k.startswith(VAL)}
+    self.store.save(info.step, pure, cursor, manifest,
+                    metrics={"step": info.step, **validation} if validation else None)
+    if self.events is not None:
+      self.events.append([{"event": "checkpoint", "step": info.step, "time": now()}])
+    self.saved_step, self.manifest = info.step, manifest

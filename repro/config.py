@@ -2,7 +2,8 @@
 
 Each field is defined once, here: its default, its help text (which is also
 its --flag's help, see repro.cli), and its bounds or choices (which validate()
-checks). The task's own options live in `task_options` (see repro.task).
+checks). The task's own options live in `task_options` (see repro.task). Which
+fields decide the bits is said in one place, repro.identity.
 """
 
 from __future__ import annotations
@@ -13,24 +14,10 @@ import math
 from typing import Any
 
 from repro.errors import ReproError
-from repro.tasks import DEFAULT as DEFAULT_TASK
+from repro.identity import DEFAULT_TASK
 
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "plateau")
 
-# The fields whose values decide the bits of the trained state. A checkpoint
-# may only be resumed under a config that agrees with it on all of these (and
-# on the task's identity, see repro.identity).
-BIT_FIELDS = ("seed", "batch_size", "learning_rate", "validation_examples", "schedule",
-              "warmup_steps")
-# Identity fields that later versions added, with the value every checkpoint
-# written without them was trained with (they are listed in the default output
-# name only when they differ from it, so older runs keep their identity and
-# output name).
-CONFIG_IDENTITY_DEFAULTS = {"micro_shards": 0}
-IDENTITY_DEFAULTS = {**CONFIG_IDENTITY_DEFAULTS, "task": "cnn"}  # "task": the task's name
-# Fields that decide the bits only in some configurations (see identity_fields).
-_PLATEAU_FIELDS = ("plateau_patience", "plateau_factor")
-_CONTROL_FIELDS = ("eval_every", "monitor")
 # Fields of configs from before tasks existed, now options of the default task.
 _LEGACY_TASK_FIELDS = ("dataset", "data_dir", "tfds_dir", "dropout")
 
@@ -132,35 +119,6 @@ class Config:
     if self.schedule == "plateau":
       return "--schedule=plateau"
     return "--eval_every" if self.eval_every else None
-
-  def bit_fields(self) -> dict[str, Any]:
-    """The config's fields that always decide the trained bits (see BIT_FIELDS).
-
-    The fields of CONFIG_IDENTITY_DEFAULTS decide them too, but are listed only when
-    they differ from their default, so that runs from before they existed keep
-    their identity and default output name.
-    """
-    fields = {name: getattr(self, name) for name in BIT_FIELDS}
-    fields.update({name: getattr(self, name) for name, default in
-                   CONFIG_IDENTITY_DEFAULTS.items() if getattr(self, name) != default})
-    return fields
-
-  def identity_fields(self) -> dict[str, Any]:
-    """Every config field a checkpoint must agree on to be resumed bit for bit.
-
-    The cosine schedules decay over the whole run, so for them the number of
-    epochs decides every step's learning rate and cannot be raised on resume.
-    Early stopping and the plateau schedule act on evaluations, so for them
-    when and what is evaluated decides where the run stops or decays.
-    """
-    fields = self.bit_fields()
-    if self.schedule in ("cosine", "warmup_cosine"):
-      fields["epochs"] = self.epochs
-    if self.schedule == "plateau":
-      fields.update({name: getattr(self, name) for name in _PLATEAU_FIELDS})
-    if self.schedule == "plateau" or self.patience:
-      fields.update({name: getattr(self, name) for name in _CONTROL_FIELDS + ("patience",)})
-    return fields
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

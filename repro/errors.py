@@ -5,6 +5,7 @@ class's exit_code (the README's table of exit codes is this file):
   2   ReproError      bad input, a bad task, an incompatible resume
   3   NonFiniteLoss   the loss became NaN or infinite; nothing non-finite was saved
   74  CheckpointWriteError  a checkpoint could not be written (disk full, I/O error)
+  74  CheckpointReadError   a checkpoint could not be read (an I/O error; nothing renamed)
   75  PeerLost        another process of the run died (a signal also exits 75)
 """
 
@@ -38,6 +39,16 @@ class CheckpointWriteError(Exception):
   exit_code = 74  # EX_IOERR
 
 
+class CheckpointReadError(Exception):
+  """A checkpoint could not be read because the file system failed (not because it is damaged).
+
+  Nothing is renamed or set aside: the checkpoint may be intact. Rerunning once
+  the disk is healthy resumes from it.
+  """
+
+  exit_code = 74  # EX_IOERR
+
+
 class PeerLost(Exception):
   """Another process of a multi-process run died; this one cannot go on alone.
 
@@ -55,10 +66,15 @@ def exit_code_of(err: BaseException) -> int:
   return getattr(err, "exit_code", 1)
 
 
+def squeezed(text: str, limit: int = 160) -> str:
+  """`text` on one line (runs of whitespace become one space), cut to `limit` characters."""
+  return " ".join(str(text).split())[:limit]
+
+
 def one_line(err: BaseException) -> str:
   """'Type: message' of an exception on one line (for errors in a user's code)."""
-  text = " ".join(str(err).split())
-  return f"{type(err).__name__}: {text[:200]}" if text else type(err).__name__
+  text = squeezed(err, 200)
+  return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def os_cause(err: BaseException) -> str:

@@ -1,6 +1,6 @@
 """Feeding chunks and evaluations from the host: batches gathered by index, one chunk ahead.
 
-HostFeed gives a host-fed chunk (repro.train.make_train_chunk(host_fed=True))
+HostFeed gives a host-fed chunk (repro.core.make_train_chunk(host_fed=True))
 its inputs: the batches of its steps, gathered from a repro.source.Source by
 the same counter-based order as the device-resident path (the batch of step s
 is a function of s alone), and their indices. Each device receives only its

@@ -1,39 +1,108 @@
-"""What a checkpoint must agree on to be resumed bit for bit, and the checks that say so.
+"""What decides the bits of a run, in one place, and the checks that a resume agrees with it.
 
 The identity of a run is its config's bit-deciding fields, its task's name,
 options and architecture, the shuffle scheme, the key streams and the data
 fingerprints. A checkpoint is refused (one line per differing field) unless
 its identity equals the requested one, and unless its state has the
 structure (names, shapes, dtypes) of the model and optimizer built now; both
-are read before any array is.
+are read before any array is. The platform facts that decide the bits
+(PLATFORM_KEYS) are compared on resume like the package versions.
+
+A new knob that decides the bits is a Config field named in BIT_FIELDS (or,
+if checkpoints exist without it, in ADDED_LATER with the value they were
+trained with): nothing else needs editing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import jax
 
 from repro import environment
 from repro import rng
 from repro import shuffle
-from repro.config import IDENTITY_DEFAULTS, Config
 from repro.errors import ReproError
-from repro.task import Task
+
+if TYPE_CHECKING:
+  from repro.config import Config
+  from repro.task import Task
+
+# The task a run trains when none is named (as package.module:attr), and its name.
+DEFAULT_TASK = "repro.tasks.cnn:CNN"
+DEFAULT_TASK_NAME = "cnn"
+# The config fields whose values always decide the trained bits.
+BIT_FIELDS = ("seed", "batch_size", "learning_rate", "validation_examples", "schedule",
+              "warmup_steps")
+# Bit-deciding fields added by later versions, with the value every checkpoint
+# written without them was trained with. They enter the identity and the
+# default output name only when they differ from it, so older runs keep both.
+ADDED_LATER = {"micro_shards": 0}
+# What an identity without a key means (checkpoints from before the key existed).
+DEFAULTS = {**ADDED_LATER, "task": DEFAULT_TASK_NAME}
+# Fields that decide the bits only in some configurations (see config_fields).
+_COSINE_FIELDS = ("epochs",)
+_PLATEAU_FIELDS = ("plateau_patience", "plateau_factor")
+_STEERING_FIELDS = ("eval_every", "monitor", "patience")
+# Keys the identity adds beside the config's fields and the task's options.
+ARCHITECTURE, SHUFFLE, RNG_STREAMS, DATA, MODULE_RNGS = (
+    "architecture", "shuffle", "rng_streams", "data_fingerprint", "module_rngs")
+ADDED_KEYS = (ARCHITECTURE, SHUFFLE, RNG_STREAMS, DATA, MODULE_RNGS)
+# Platform facts (repro.environment.platform_info) that decide the bits; the
+# topology keys do so only outside the topology-invariant mode (micro_shards).
+PLATFORM_KEYS = ("system", "machine", "backend", "device_kind", "cpu_features", "cpus_visible",
+                 "jax_threefry_partitionable", "jax_default_prng_impl", "xla_flags")
+TOPOLOGY_DEFAULTS = {"devices_used": 1, "process_count": 1}  # before they were recorded
+VERSION_KEYS = tuple(p for p in environment.PACKAGES if p != "repro") + ("python", "lock_digest")
 
 _MAX_LINES = 12  # differing structure lines shown; the rest are counted
+
+
+def bit_fields(config: Config) -> dict[str, Any]:
+  """The config's fields that always decide the trained bits (BIT_FIELDS, ADDED_LATER)."""
+  fields = {name: getattr(config, name) for name in BIT_FIELDS}
+  fields.update({name: getattr(config, name) for name, default in ADDED_LATER.items()
+                 if getattr(config, name) != default})
+  return fields
+
+
+def config_fields(config: Config) -> dict[str, Any]:
+  """Every config field a checkpoint must agree on to be resumed bit for bit.
+
+  The cosine schedules decay over the whole run, so for them the number of
+  epochs decides every step's learning rate and cannot be raised on resume.
+  Early stopping and the plateau schedule act on evaluations, so for them
+  when and what is evaluated decides where the run stops or decays.
+  """
+  fields = bit_fields(config)
+  names = ()
+  if config.schedule in ("cosine", "warmup_cosine"):
+    names += _COSINE_FIELDS
+  if config.schedule == "plateau":
+    names += _PLATEAU_FIELDS
+  if config.schedule == "plateau" or config.patience:
+    names += _STEERING_FIELDS
+  fields.update({name: getattr(config, name) for name in names})
+  return fields
+
+
+def reserved_names() -> set[str]:
+  """Names a task's option may not take: they would mix with repro's own identity keys."""
+  from repro.config import Config  # the config module imports this one
+  return {f.name for f in dataclasses.fields(Config)} | set(ADDED_KEYS)
 
 
 def of(config: Config, task: Task, data_fingerprints: dict[str, str],
        module_streams: bool) -> dict:
   """Everything a checkpoint must agree on to be resumed bit for bit."""
-  found = {**config.identity_fields(), **task.identity(), "shuffle": shuffle.SCHEME,
-           "rng_streams": rng.STREAMS, "data_fingerprint": data_fingerprints}
+  found = {**config_fields(config), **task.identity(), SHUFFLE: shuffle.SCHEME,
+           RNG_STREAMS: rng.STREAMS, DATA: data_fingerprints}
   if module_streams:  # how a module's own nnx.Rngs are reseeded every step
-    found["module_rngs"] = rng.RESEED_SCHEME
+    found[MODULE_RNGS] = rng.RESEED_SCHEME
   return found
 
 
@@ -44,17 +113,17 @@ def default_output(config: Config, task: Task) -> str:
   unless it is the default task, so that runs from before tasks keep their
   names).
   """
-  task_bits = {k: v for k, v in task.identity().items() if k != "architecture"}
-  if task_bits.get("task") == IDENTITY_DEFAULTS["task"]:
+  task_bits = {k: v for k, v in task.identity().items() if k != ARCHITECTURE}
+  if task_bits.get("task") == DEFAULT_TASK_NAME:
     del task_bits["task"]
-  blob = json.dumps({**config.bit_fields(), **task_bits}, sort_keys=True).encode()
+  blob = json.dumps({**bit_fields(config), **task_bits}, sort_keys=True).encode()
   return f"runs/seed{config.seed}-{hashlib.sha256(blob).hexdigest()[:8]}"
 
 
 def check_compatible(output: Path, step: int, found: dict, expected: dict) -> None:
   """Refuses, one line per differing field, a checkpoint of another identity."""
-  found = {**IDENTITY_DEFAULTS, **found}
-  expected = {**IDENTITY_DEFAULTS, **expected}
+  found = {**DEFAULTS, **found}
+  expected = {**DEFAULTS, **expected}
   diffs = [f"  {key}: checkpoint {found.get(key)!r}, requested {value!r}"
            for key, value in expected.items() if found.get(key) != value]
   diffs += [f"  {key}: checkpoint {value!r}, requested none" for key, value in found.items()
@@ -94,34 +163,33 @@ def _refuse(output: Path, step: int, why: str, diffs: list[str]) -> None:
                      "\nrerun with the checkpoint's settings, or pass a new --output")
 
 
-def check_environment(step: int, manifest: dict, now: dict, strict: bool,
-                      log: Callable[[str], None], topology_invariant: bool = False) -> None:
-  """Warns (or with strict refuses) where versions or platform differ from the checkpoint's.
+def environment_diffs(saved: dict, now: dict, topology_invariant: bool) -> list[str]:
+  """'key old -> new' for each version or platform fact that differs from the checkpoint's.
 
   The number of devices, and how they are spread over processes (psum over
   gloo rounds otherwise than within one process: measured), decide the bits
   unless the run is topology-invariant (micro_shards); checkpoints from before
   these were recorded used one device in one process.
   """
-  saved = manifest.get("environment", {})
-  platform_keys = ("system", "machine", "backend", "device_kind", "cpu_features",
-                   "cpus_visible", "jax_threefry_partitionable", "jax_default_prng_impl",
-                   "xla_flags") + (() if topology_invariant else ("devices_used", "process_count"))
-  defaults = {"devices_used": 1, "process_count": 1}
+  platform_keys = PLATFORM_KEYS + (() if topology_invariant else tuple(TOPOLOGY_DEFAULTS))
   diffs = []
-  for section, keys in (("versions", environment.PACKAGES + ("python", "lock_digest")),
-                        ("platform", platform_keys)):
+  for section, keys in (("versions", VERSION_KEYS), ("platform", platform_keys)):
     for key in keys:
-      if key == "repro":
-        continue
       if key == "lock_digest" and key not in saved.get(section, {}):
         continue  # a checkpoint from before the lock: its versions are compared above
-      old = saved.get(section, {}).get(key, defaults.get(key))
+      old = saved.get(section, {}).get(key, TOPOLOGY_DEFAULTS.get(key))
       new = now[section].get(key)
       if key == "xla_flags":
         old, new = environment.bit_flags(old or ""), environment.bit_flags(new or "")
       if old != new:
         diffs.append(f"{key} {old!r} -> {new!r}")
+  return diffs
+
+
+def check_environment(step: int, manifest: dict, now: dict, strict: bool,
+                      log: Callable[[str], None], topology_invariant: bool = False) -> None:
+  """Warns (or with strict refuses) where versions or platform differ from the checkpoint's."""
+  diffs = environment_diffs(manifest.get("environment", {}), now, topology_invariant)
   if not diffs:
     return
   message = (f"checkpoint step {step} was written with {', '.join(diffs)}: the resumed run "

@@ -2,7 +2,7 @@
 
 The engine is JAX's own: a one-axis jax.sharding.Mesh over the devices of
 every process (jax.distributed joins the processes), shard_map for the step
-(repro.train.make_sharded_train_chunk) and Orbax for the checkpoints, which
+(repro.core.make_train_chunk) and Orbax for the checkpoints, which
 every process writes together. State and data are replicated on every device;
 only the global batch is split.
 """
@@ -50,7 +50,7 @@ def is_primary() -> bool:
 def make_mesh(devices: int, micro_shards: int, batch_size: int) -> jax.sharding.Mesh | None:
   """The data-parallel mesh over the first `devices` devices (0: all), or None for one.
 
-  None means the single-device program (repro.train.make_train_chunk), whose
+  None means the single-device program (repro.core.make_train_chunk), whose
   bits are those of every release so far. Raises ReproError for counts the
   batch or the micro-shards cannot be split over.
   """

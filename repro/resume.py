@@ -1,35 +1,92 @@
-"""Finding the checkpoint to resume from: the newest intact, compatible step.
+"""Where a run starts: the newest intact, compatible checkpoint, or step 0.
 
 The manifest is read and checked before any array is touched: a checkpoint of
 another identity, or whose state has another structure than the model built
-now, is refused with its differing fields. A step whose items cannot be read,
-or whose arrays do not match the checksums in its manifest, is renamed to
-corrupt-<step>, reported, and the next older one is tried.
+now, is refused with its differing fields. A step that is damaged (an item
+missing, a format Orbax cannot parse, arrays that do not match the checksums
+in its manifest) is renamed to corrupt-<step>, reported, and the next older
+one is tried. An I/O error while reading is not damage: it stops the run with
+one line naming the file (exit 74), and nothing is renamed.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable
 
 from repro import checkpoint
+from repro import control as control_lib
 from repro import digest
 from repro import identity as identity_lib
+from repro import state as state_lib
+from repro.errors import CheckpointReadError, os_cause
+from repro.runstate import RunState
+
+# What Orbax and tensorstore raise for a damaged or missing item (tensorstore
+# reports a corrupt or truncated array file as a ValueError).
+_MISSING = (FileNotFoundError, NotADirectoryError)
+_DAMAGE = _MISSING + (ValueError, KeyError, EOFError)
+# A ValueError of tensorstore that is the file system failing, not damage.
+_IO_WORDS = re.compile(r"Input/output error|Permission denied|Stale file handle|UNAVAILABLE")
 
 
-def latest(store: checkpoint.Store, output: Path, template: dict, identity: dict, env: dict,
-           strict: bool, topology_invariant: bool, log: Callable[[str], None]):
-  """The newest intact checkpoint as (restored, step), or None; bad steps are set aside."""
+def start(store: checkpoint.Store, plan, log: Callable[[str], None]
+          ) -> tuple[RunState, dict | None]:
+  """(the RunState to train from, its checkpoint's manifest or None for a fresh start)."""
   for step in sorted(store.all_steps(), reverse=True):
-    problem, restored = _try(store, output, step, template, identity)
+    problem, restored = _try(store, plan.output, step, plan.built.template, plan.identity)
     if problem is None:
-      identity_lib.check_environment(step, restored.manifest, env, strict, log,
-                                     topology_invariant=topology_invariant)
-      return restored, step
+      identity_lib.check_environment(step, restored.manifest, plan.env, plan.config.strict, log,
+                                     topology_invariant=bool(plan.config.micro_shards))
+      return RunState(
+          step=int(restored.cursor["step"]), train=state_lib.restore(plan.built, restored.state),
+          control=control_lib.ControlState.from_json(restored.cursor.get("control"),
+                                                     plan.settings)), restored.manifest
     aside = store.set_aside(step)
-    log(f"WARNING: checkpoint {output / str(step)} is corrupt ({problem}); moved it to "
+    log(f"WARNING: checkpoint {plan.output / str(step)} is corrupt ({problem}); moved it to "
         f"{aside.name} and falling back to the previous checkpoint")
-  return None
+  return plan.fresh(), None
+
+
+def _read(what: str, path: Path, read: Callable):
+  """read(), or (None, the damage) for a damaged item; an I/O error is one line, exit 74.
+
+  Any other exception is not a checkpoint's fault and propagates.
+  """
+  try:
+    return read(), None
+  except Exception as err:  # classified by what it is, below; the rest is re-raised
+    kind = _kind(err)
+    if kind == "io":
+      raise _io_error(path, err) from None
+    if kind is None:
+      raise
+    return None, f"its {what} is unreadable ({type(err).__name__}: {str(err)[:120]})"
+
+
+def _chain(err: BaseException):
+  while err is not None:
+    yield err
+    err = err.__cause__ or err.__context__
+
+
+def _kind(err: Exception) -> str | None:
+  """'io' for the file system failing, 'damage' for a missing or unparsable item, else None.
+
+  Orbax wraps tensorstore's read errors in a bare Exception; its cause says
+  which it is.
+  """
+  chain = list(_chain(err))
+  if any(isinstance(e, OSError) and not isinstance(e, _MISSING) or _IO_WORDS.search(str(e))
+         for e in chain):
+    return "io"
+  return "damage" if any(isinstance(e, _DAMAGE) for e in chain) else None
+
+
+def _io_error(path: Path, err: Exception) -> CheckpointReadError:
+  return CheckpointReadError(f"cannot read checkpoint {path}: {os_cause(err)}; nothing was "
+                             f"changed: fix the disk or file system and rerun the same command")
 
 
 def _try(store: checkpoint.Store, output: Path, step: int, template: dict, identity: dict):
@@ -37,18 +94,18 @@ def _try(store: checkpoint.Store, output: Path, step: int, template: dict, ident
 
   An incompatible step raises ReproError: it is not damaged, it is another run.
   """
-  try:
-    manifest = store.read_json(step, "manifest")
-    cursor = store.read_json(step, "cursor")
-    saved = store.state_metadata(step)
-  except Exception as err:  # Orbax raises many types for a broken item
-    return f"its manifest, cursor or state metadata is unreadable ({type(err).__name__})", None
+  path = store.step_path(step)
+  items, problem = _read("manifest, cursor or state metadata", path, lambda: (
+      store.read_json(step, "manifest"), store.read_json(step, "cursor"),
+      store.state_metadata(step)))
+  if problem:
+    return problem, None
+  manifest, cursor, saved = items
   identity_lib.check_compatible(output, step, manifest.get("identity", {}), identity)
   identity_lib.check_structure(output, step, saved, template)
-  try:
-    restored = store.restore(step, template)
-  except Exception as err:
-    return f"its state is unreadable ({type(err).__name__}: {str(err)[:120]})", None
+  restored, problem = _read("state", path / "state", lambda: store.restore(step, template))
+  if problem:
+    return problem, None
   expected = manifest.get("leaf_digests", {})
   found = digest.leaf_digests(restored.state)
   bad = sorted(set(expected) ^ set(found) | {k for k in found if expected.get(k) != found[k]})

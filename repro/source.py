@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from repro.errors import ReproError
+from repro.errors import ReproError, squeezed
 
 SAMPLES = 64  # examples hashed into a source's fingerprint
 FINGERPRINT_RULE = (f"sha256 over the number of examples, each feature's dtype and shape, and "
@@ -203,7 +203,7 @@ class TFDS(Source):
       examples = self.data.__getitems__([int(i) for i in indices])
     except Exception as err:  # array_record raises its own types for a damaged file
       raise ReproError(f"reading TFDS {self.name} {self.split} failed ({type(err).__name__}: "
-                       f"{' '.join(str(err).split())[:160]}): its files are damaged; prepare "
+                       f"{squeezed(err)}): its files are damaged; prepare "
                        f"it again") from None
     return {k: np.stack([np.asarray(e[k]) for e in examples]).astype(dtype, copy=False)
             for k, (dtype, _) in self._features.items()}

@@ -2,15 +2,15 @@
 """bin/train with a SIGKILL at a chosen point: test-only fault injection (tests/test_faults.py).
 
 REPRO_TEST_FAULT=kill_after_chunk:<step>  SIGKILLs the process at the chunk boundary at
-                                          <step>, after repro's own components acted
+                                          <step>, after repro's own phases acted
 REPRO_TEST_FAULT=kill_in_save:<step>      SIGKILLs it once the checkpoint of <step> has
                                           started writing in the background
-REPRO_TEST_FAULT=term_after_chunk:<step>  sends it a SIGTERM there (the run stops at the
-                                          next boundary, as for any SIGTERM)
+REPRO_TEST_FAULT=term_after_chunk:<step>  sends it a SIGTERM there (the run stops at that
+                                          boundary, after the hooks, as for any SIGTERM)
 REPRO_TEST_FAULT=enospc_sync:<step>       the save of <step> fails with ENOSPC ("No space
                                           left on device") before it returns
 REPRO_TEST_FAULT=enospc_async:<step>      ... while it is written in the background
-The library itself has no fault hook: this adds a repro.Component to bin/train,
+The library itself has no fault hook: this adds a repro.Hook to bin/train,
 or makes Orbax's writer of JSON items fail as a full disk would.
 """
 
@@ -30,17 +30,17 @@ import repro  # noqa: E402
 from repro import cli  # noqa: E402
 
 
-class KillAt(repro.Component):
+class KillAt(repro.Hook):
   def __init__(self, spec: str):
     kind, _, step = spec.partition(":")
     self.kind, self.step = kind, int(step)
 
-  def at_boundary(self, ctx: repro.Context) -> None:
-    if ctx.step != self.step:
+  def at_boundary(self, info: repro.StepInfo) -> None:
+    if info.step != self.step:
       return
     if self.kind == "term_after_chunk":
       os.kill(os.getpid(), signal.SIGTERM)
-    elif self.kind == "kill_after_chunk" or ctx.saved_step == ctx.step:
+    elif self.kind == "kill_after_chunk" or info.checkpoint:
       os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -68,10 +68,10 @@ cli.define_train_flags()
 if __name__ == "__main__":
   fault = os.environ.get("REPRO_TEST_FAULT", "")
   kind, _, at = fault.partition(":")
-  components = []
+  hooks = []
   if kind.startswith("enospc_"):
     disk_full_at(int(at), in_background=kind == "enospc_async")
   elif fault:
-    components.append(KillAt(fault))
-  app.run(functools.partial(cli.train_main, components=components),
+    hooks.append(KillAt(fault))
+  app.run(functools.partial(cli.train_main, hooks=hooks),
           flags_parser=cli.parse_flags_or_exit)

@@ -1,4 +1,4 @@
-"""The training loop and each of its components on their own, with fakes (no compiling)."""
+"""The trainer, the schedule and each phase on their own, with fakes (no compiling)."""
 
 from __future__ import annotations
 
@@ -6,121 +6,185 @@ import json
 import math
 
 import numpy as np
+import pytest
 
 from repro import components as parts
-from repro import control, loop
+from repro import control
 from repro.config import Config
+from repro.runstate import Chunk, Hook, RunState, StepInfo
+from repro.schedule import Schedule
+from repro.trainer import Trainer
 
 
 def fake_chunk(calls: list):
-  """A chunk that adds 1 per step to a scalar 'state' and reports loss 1/step."""
+  """A chunk program that adds 1 per step to a scalar train state; loss 1/step."""
 
-  def chunk(state, first, n):
+  def chunk(train, first, n):
     calls.append((first, n))
     steps = np.arange(first + 1, first + n + 1)
-    return state + n, {"loss": 1.0 / steps, "batch": steps, "params": steps,
+    return train + n, {"loss": 1.0 / steps, "batch": steps, "params": steps,
                        "metrics": {"acc": steps / 100}}
 
   return chunk
 
 
-class Every(loop.Component):
-  """Needs a boundary at every multiple of `every`; records where it acted."""
-
-  def __init__(self, every: int):
-    self.every, self.seen = every, []
-
-  def next_boundary(self, step):
-    return (step // self.every + 1) * self.every
-
-  def at_boundary(self, ctx):
-    self.seen.append(ctx.step)
+def run_state(step=0, **control_values) -> RunState:
+  return RunState(step=step, train=step, control=control.ControlState(**control_values))
 
 
-def context(step=0, target=10) -> loop.Context:
-  return loop.Context(step=step, target=target, state=step, control=control.ControlState())
+def info_after(first: int, last: int, **fields) -> StepInfo:
+  chunk = Chunk.of(first, last, fake_chunk([])(first, first, last - first)[1])
+  return StepInfo(state=run_state(last), chunk=chunk, **fields)
 
 
-def test_the_loop_stops_at_the_nearest_boundary_any_component_needs():
-  calls, a, b = [], Every(4), Every(6)
-  ctx = context(target=13)
-  loop.train(ctx, fake_chunk(calls), [a, b], chunk_steps=5)
-  # From each step: min(step + chunk_steps, target, the multiples of 4 and 6 after it).
-  assert calls == [(0, 4), (4, 2), (6, 2), (8, 4), (12, 1)]
-  assert a.seen == b.seen == [4, 6, 8, 12, 13]
-  assert ctx.step == ctx.state == 13 and ctx.metrics == {"loss": 1 / 13}
-  assert list(ctx.trace["loss"]) == [1 / 13] and ctx.first == 12
+class Recorder:
+  """A reporter, checkpointer, signal source or hook that records what it was given."""
+
+  def __init__(self, log: list, name: str, stop_at=None):
+    self.log, self.name, self.stop_at = log, name, stop_at
+    self.saved_step, self.events = None, None
+
+  def write(self, info):
+    self.log.append((self.name, info.step))
+
+  def sync(self):
+    self.log.append(("sync", None))
+
+  def close(self):
+    pass
+
+  def save(self, info):
+    self.log.append(("save", info.step))
+    self.saved_step = info.step
+
+  def poll(self):
+    step = max([s for n, s in self.log if n == "save" or n == "report"] or [0])
+    return "SIGTERM" if self.stop_at is not None and step >= self.stop_at else None
+
+  def at_boundary(self, info):
+    self.log.append(("hook", info.step))
 
 
-def test_the_loop_runs_nothing_when_stopped_or_at_its_target():
+def trainer(log: list, calls: list, schedule: Schedule, stop_at=None, validate=None,
+            decide=None, hooks=None) -> Trainer:
+  recorder = Recorder(log, "report", stop_at)
+  no_decisions = lambda state, results: (state, results, False)
+  return Trainer(program=fake_chunk(calls), schedule=schedule,
+                 guard=parts.FiniteGuard(lambda _: True, False, str, log.append),
+                 validate=validate, decide=decide or no_decisions,
+                 test=lambda state: {"test_loss": 0.5},
+                 reporters=parts.Reporters([recorder]), checkpoints=recorder,
+                 signals=recorder, hooks=hooks if hooks is not None else [Recorder(log, "hook")])
+
+
+def test_boundaries_are_the_nearest_of_chunk_end_target_checkpoint_epoch_eval_and_hooks():
+  every6 = Hook()
+  every6.every = 6
+  schedule = Schedule(target=13, total=13, steps_per_epoch=10, chunk_steps=5,
+                      checkpoint_every=4, eval_every=0, validates=True, hook_every=(6,))
+  assert [schedule.next_boundary(s) for s in (0, 4, 6, 8, 10, 12)] == [4, 6, 8, 10, 12, 13]
+  assert Schedule.of(Config(checkpoint_every=4, chunk_steps=5, epochs=2), 10, True,
+                     [every6]).hook_every == (6,)
+  assert [s for s in range(1, 14) if schedule.evaluates(s)] == [10]
+  assert [s for s in range(1, 14) if schedule.saves(s)] == [4, 8, 12]
+  no_validation = Schedule(target=30, total=30, steps_per_epoch=10, chunk_steps=50,
+                           checkpoint_every=100, eval_every=4, validates=False)
+  assert no_validation.next_boundary(0) == 30 and not no_validation.evaluates(20)
+
+
+def test_the_phases_act_in_the_order_of_the_code_at_every_boundary():
+  log, calls = [], []
+  schedule = Schedule(target=8, total=8, steps_per_epoch=8, chunk_steps=5, checkpoint_every=4)
+  ending = trainer(log, calls, schedule).run(run_state())
+  assert calls == [(0, 4), (4, 4)]
+  assert log == [("report", 4), ("sync", None), ("save", 4), ("hook", 4),
+                 ("report", 8), ("sync", None), ("save", 8), ("hook", 8)]
+  assert ending.state.step == ending.state.train == 8 and ending.stop is None
+  assert ending.last.test == {"test_loss": 0.5} and ending.last.metrics["loss"] == 1 / 8
+
+
+def test_a_signal_stops_after_the_hooks_with_a_checkpoint_and_nothing_runs_once_stopped():
+  log, calls = [], []
+  schedule = Schedule(target=20, total=20, steps_per_epoch=20, chunk_steps=3,
+                      checkpoint_every=10)
+  ending = trainer(log, calls, schedule, stop_at=3).run(run_state())
+  assert calls == [(0, 3)] and ending.stop == "SIGTERM" and ending.state.step == 3
+  assert log == [("report", 3), ("hook", 3), ("sync", None), ("save", 3)]
+  again = trainer([], calls := [], schedule, stop_at=0).run(run_state())
+  assert calls == [] and again.stop == "SIGTERM" and again.last is None
+
+
+def test_nothing_runs_at_the_target_or_after_an_early_stop():
+  schedule = Schedule(target=10, total=10, steps_per_epoch=5, chunk_steps=5,
+                      checkpoint_every=5)
   calls = []
-  loop.train(context(step=10, target=10), fake_chunk(calls), [], chunk_steps=5)
-  stopped = context()
-  stopped.stop = "SIGTERM"
-  loop.train(stopped, fake_chunk(calls), [], chunk_steps=5)
+  trainer([], calls, schedule).run(run_state(10))
+  trainer([], calls, schedule).run(run_state(5, stopped_early=True))
   assert calls == []
 
 
-def test_a_component_that_lowers_the_target_ends_the_loop_there():
-  class StopAt(loop.Component):
-    def at_boundary(self, ctx):
-      if ctx.step >= 6:
-        ctx.target = ctx.step
-
-  calls = []
-  ctx = context(target=100)
-  loop.train(ctx, fake_chunk(calls), [StopAt()], chunk_steps=3)
-  assert ctx.step == 6 and calls == [(0, 3), (3, 3)]
+def validation_run(config: Config, results: list[dict], log: list):
+  settings = control.Settings.of(config, ("accuracy",))
+  decide = parts.Decisions(settings, config, total_steps=100, put=lambda x: x, log=log.append)
+  validate = lambda state: {f"val_{k}": v for k, v in results.pop(0).items()}
+  schedule = Schedule.of(config.replace(max_steps=100), 10, validates=True)
+  return decide, validate, schedule
 
 
-def test_stop_on_signal_stops_at_the_boundary_after_a_signal():
+def test_validation_at_epoch_ends_and_eval_every_steers_saves_and_stops_early():
+  config = Config(validation_examples=8, eval_every=4, monitor="val_accuracy", patience=2,
+                  checkpoint_every=1000, chunk_steps=1000, epochs=10)
+  decide, validate, schedule = validation_run(
+      config, [{"accuracy": 0.5}, {"accuracy": 0.6}, {"accuracy": 0.6}, {"accuracy": 0.4}],
+      messages := [])
+  log, calls = [], []
+  ending = trainer(log, calls, schedule, validate=validate, decide=decide).run(run_state())
+  # Evaluated at 4, 8, 10, 12; best 0.6 at 8 (a strict improvement saves); two more
+  # evaluations without one stop early at 12, which saves and tests.
+  assert [first + n for first, n in calls] == [4, 8, 10, 12]
+  assert [s for n, s in log if n == "save"] == [4, 8, 12]
+  assert ending.state.control.best == 0.6 and ending.state.control.best_step == 8
+  assert ending.state.control.stopped_early and ending.last.test == {"test_loss": 0.5}
+  assert ending.last.evaluation == {"step": 12, "val_accuracy": 0.4,
+                                    "lr": config.learning_rate}
+  assert messages and messages[-1].startswith("early stop at step 12")
+
+
+def test_decisions_without_a_result_change_nothing():
+  config = Config()
+  decide, _, _ = validation_run(config, [], [])
+  state = run_state(3)
+  assert decide(state, None) == (state, None, False)
+
+
+def test_the_finite_guard_names_the_step_and_the_last_finite_checkpoint():
+  guard = parts.FiniteGuard(lambda train: False, False, lambda step: f"/run/{step}",
+                            lambda _: None)
+  finite = info_after(0, 8)
+  with pytest.raises(Exception, match=r"state became non-finite by step 8: stopped, nothing "
+                                      r"non-finite was saved and the last finite checkpoint "
+                                      r"is /run/4"):
+    guard.check(finite.chunk, finite.state, 4)
+  trace = dict(finite.chunk.trace, loss=np.array([1, 1, np.nan, 1, 1, 1, 1, 1.0]))
+  nan = Chunk(first=0, last=8, trace=trace)
+  with pytest.raises(Exception, match=r"the loss became nan at step 3: .*no checkpoint"):
+    guard.check(nan, finite.state, None)
+  warned = []
+  allowing = parts.FiniteGuard(lambda train: False, True, str, warned.append)
+  allowing.check(nan, finite.state, None)
+  allowing.check(nan, finite.state, None)
+  assert warned == ["warning: the loss became nan at step 3; training on (--allow_nonfinite)"]
+
+
+def test_stop_on_signal_reports_the_signal_once_asked():
   class Requests:
     signal_name = None
 
   requests = Requests()
-  component = parts.StopOnSignal(requests)
-  ctx = context()
-  component.at_boundary(ctx)
-  assert ctx.stop is None
+  signals = parts.StopOnSignal(requests)
+  assert signals.poll() is None
   requests.signal_name = "SIGINT"
-  component.at_boundary(ctx)
-  assert ctx.stop == "SIGINT"
-
-
-def validation(config: Config, results: list[dict], log: list):
-  settings = control.Settings.of(config, ("accuracy",))
-  evaluate = lambda state, split, prefix: {f"{prefix}{k}": v for k, v in results.pop(0).items()}
-  return parts.Validation(evaluate, None, config, settings, steps_per_epoch=10,
-                          total_steps=100, put=lambda x: x, log=log.append)
-
-
-def test_validation_evaluates_at_epoch_ends_and_every_eval_every_steps_only():
-  config = Config(validation_examples=8, eval_every=4, monitor="val_accuracy", patience=2)
-  component = validation(config, [{"accuracy": 0.5}, {"accuracy": 0.6}, {"accuracy": 0.6},
-                                  {"accuracy": 0.4}], log := [])
-  assert [component.next_boundary(s) for s in (0, 3, 4, 9, 10)] == [4, 4, 8, 10, 12]
-  ctx = context(target=100)
-  for step, expected_records in ((4, 1), (6, 0), (8, 1), (10, 1), (12, 1)):
-    ctx.step, ctx.records, ctx.save = step, [], False
-    component.at_boundary(ctx)
-    assert len(ctx.records) == expected_records, step
-  # best 0.6 at step 8 (a strict improvement saves); two evaluations without one stop early
-  assert ctx.control.best == 0.6 and ctx.control.best_step == 8
-  assert ctx.control.stopped_early and ctx.target == 12
-  assert log and log[-1].startswith("early stop at step 12")
-  assert ctx.records[0]["lr"] == config.learning_rate
-
-
-def test_final_test_evaluates_only_at_the_target_and_only_with_a_test_split():
-  calls = []
-  evaluate = lambda state, split, prefix: calls.append(prefix) or {f"{prefix}loss": 0.5}
-  ctx = context(step=5, target=10)
-  parts.FinalTest(evaluate, {"x": np.zeros(3)}).at_boundary(ctx)
-  assert calls == [] and "test_loss" not in ctx.metrics
-  ctx.step = 10
-  parts.FinalTest(evaluate, None).at_boundary(ctx)
-  parts.FinalTest(evaluate, {"x": np.zeros(3)}).at_boundary(ctx)
-  assert calls == ["test_"] and ctx.metrics["test_loss"] == 0.5
+  assert signals.poll() == "SIGINT"
 
 
 class FakeStore:
@@ -131,32 +195,24 @@ class FakeStore:
     self.saved.append((step, cursor, metrics))
 
 
-def test_checkpointer_saves_on_its_interval_at_the_target_on_a_stop_and_when_asked(monkeypatch):
+def test_checkpointer_saves_the_run_state_with_its_validation_metrics(monkeypatch):
   monkeypatch.setattr(parts.nnx, "to_pure_dict", lambda state: {"state": state})
-  store, synced = FakeStore(), []
-  component = parts.Checkpointer(store, 5, lambda ctx, pure: ({"step": ctx.step}, {}),
-                                 [lambda: synced.append(1)], events=None)
-  assert [component.next_boundary(s) for s in (0, 4, 5)] == [5, 5, 10]
-  ctx = context(target=12)
-  for step, stop, save in ((3, None, False), (5, None, False), (7, None, True),
-                           (8, "SIGTERM", False), (12, None, False)):
-    ctx.step, ctx.stop, ctx.save = step, stop, save
-    ctx.metrics = {"loss": 1.0, "val_loss": 0.5} if save else {"loss": 1.0}
-    component.at_boundary(ctx)
-  assert [s for s, _, _ in store.saved] == [5, 7, 8, 12]
-  assert store.saved[1][2] == {"step": 7, "val_loss": 0.5} and store.saved[0][2] is None
-  assert len(synced) == 4 and ctx.saved_step == 12
+  store = FakeStore()
+  checkpoints = parts.Checkpointer(store, lambda state, metrics, pure: (
+      {"step": state.step}, {"metrics": metrics}), events=None, saved=(2, {"m": 1}))
+  assert checkpoints.saved_step == 2
+  checkpoints.save(info_after(2, 5))
+  checkpoints.save(info_after(5, 7, evaluation={"step": 7, "val_loss": 0.5, "lr": 0.1}))
+  assert [s for s, _, _ in store.saved] == [5, 7]
+  assert store.saved[0][2] is None and store.saved[1][2] == {"step": 7, "val_loss": 0.5}
+  assert checkpoints.saved_step == 7 and checkpoints.manifest == {
+      "metrics": {"loss": 1 / 7, "val_loss": 0.5}}
 
 
 def test_logs_write_every_step_and_the_evaluations_and_cut_back_on_resume(tmp_path):
   initial = lambda: np.uint32(7)
   logs = parts.Logs(tmp_path, 0, initial)
-  calls = []
-  ctx = context(target=4)
-  state, trace = fake_chunk(calls)(0, 0, 4)
-  ctx.advance(state, trace, 4)
-  ctx.records = [{"step": 4, "val_loss": 0.25, "lr": 0.001}]
-  logs.at_boundary(ctx)
+  logs.write(info_after(0, 4, evaluation={"step": 4, "val_loss": 0.25, "lr": 0.001}))
   logs.sync()
   logs.close()
   lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -169,11 +225,9 @@ def test_logs_write_every_step_and_the_evaluations_and_cut_back_on_resume(tmp_pa
   assert kept == [1, 2]
 
 
-def test_progress_counts_the_steps_of_each_chunk():
+def test_progress_counts_the_steps_of_each_chunk_and_shows_ms_a_step():
   progress = parts.Progress(target=10, step=2, steps_per_epoch=5, label="seed 0", enabled=True)
-  ctx = context(step=2, target=10)
-  state, trace = fake_chunk([])(2, 2, 4)
-  ctx.advance(state, trace, 6)
-  progress.at_boundary(ctx)
-  assert progress.bar.n == 6 and math.isclose(ctx.metrics["loss"], 1 / 6)
+  progress.write(info_after(2, 6))
+  assert progress.bar.n == 6 and math.isclose(info_after(2, 6).loss, 1 / 6)
+  assert "ms_step" in progress.bar.postfix
   progress.close()

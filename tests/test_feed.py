@@ -97,14 +97,14 @@ def test_a_file_that_changes_while_the_run_reads_it_stops_the_run(memmaps, idx_d
   import repro
   own = {k: str(shutil.copy(v, tmp_path / Path(v).name)) for k, v in memmaps.items()}
 
-  class Overwrite(repro.Component):  # another program rewrites the file mid-run
-    def at_boundary(self, ctx):
-      if ctx.step == 8:
+  class Overwrite(repro.Hook):  # another program rewrites the file mid-run
+    def at_boundary(self, info):
+      if info.step == 8:
         Path(own["labels"]).write_bytes(Path(own["labels"]).read_bytes()[::-1])
 
   config = memmap_config(tmp_path, idx_dir, tfds_dir, own, data_path="host")
   with pytest.raises(ReproError, match=r"data file .*labels.npy changed while the run read it"):
-    quiet(config, components=[Overwrite()])
+    quiet(config, hooks=[Overwrite()])
   assert not (Path(config.output) / "16").exists()  # nothing trained on the new bytes is saved
 
 

@@ -104,12 +104,12 @@ def test_chunk_permutations_give_the_same_batches_as_the_step_alone(chunk_steps)
 
 
 def test_chunks_of_any_start_and_length_share_one_compiled_program():
-  from repro import state as state_lib, train
+  from repro import core, state as state_lib
   from repro.tasks.cnn import CNN
   keys = rng.streams(0)
   built = state_lib.build(CNN(), Config(), keys, 100, mesh=None)
   data = {"image": jnp.zeros((40, 28, 28, 1), jnp.uint8), "label": jnp.zeros((40,), jnp.int32)}
-  chunk = train.make_train_chunk(built.graphdef, CNN(), chunk_steps=4, num_examples=40,
+  chunk = core.make_train_chunk(built.graphdef, CNN(), chunk_steps=4, num_examples=40,
                                  batch_size=8)
   state = built.state
   for first, length in ((0, 4), (4, 1), (5, 3), (8, 4), (12, 2)):

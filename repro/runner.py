@@ -1,0 +1,370 @@
+"""run(config, task) -> Result: the edges of a run, around the trainer.
+
+Resolve the task, check the output directory, load the data, plan (build and
+check everything; nothing is written yet), take the lock, start or resume
+(repro.resume), train (repro.trainer), and say how it ended. The loop is
+repro.trainer; the numerics, which touch no file, are repro.core.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Callable, Sequence
+
+import jax
+
+from repro import checkpoint
+from repro import components as parts
+from repro import core
+from repro import environment
+from repro import identity as identity_lib
+from repro import lock as lock_lib
+from repro import manifest as manifest_lib
+from repro import metrics
+from repro import parallel
+from repro import plan as plan_lib
+from repro import programs
+from repro import resume
+from repro import splits as splits_lib
+from repro import task as task_lib
+from repro.config import Config
+from repro.errors import CheckpointWriteError, PeerLost, ReproError, squeezed
+from repro.runstate import TEST, VAL, Hook, RunState
+from repro.stop import StopRequests
+from repro.trainer import Ending, Trainer
+
+# What a run directory may hold; anything else means --output points at
+# somebody else's files, which a run must not mix itself into.
+_OURS = re.compile(r"^(\d+|\d+\.orbax-checkpoint-tmp.*|corrupt-\d+(-\d+)?|config\.json|"
+                   r"(metrics|trace|events)\.jsonl(\.tmp)?|tensorboard|\.repro\.lock)$")
+# What a failed collective of a multi-process run says when a peer is gone
+# (gloo's and the coordination service's words), as opposed to, say, running
+# out of memory.
+_PEER_GONE = re.compile(r"[Cc]onnection (reset|closed|refused)|[Bb]roken pipe|peer|[Gg]loo|"
+                        r"UNAVAILABLE|DEADLINE_EXCEEDED|heartbeat|[Ss]ocket closed|"
+                        r"coordination service|task .* (died|failed|disconnected)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+  """What a run ended with.
+
+  Attributes:
+    step: global steps completed (the cursor).
+    loss: training loss of the last step.
+    test: every test metric of the final state ('test_loss', ...), empty when
+      the task has no test split or a signal stopped the run early.
+    output: the run directory.
+    checkpoint: the directory of the last checkpoint step.
+    digest: sha256 over every leaf of that checkpoint's state (repro.digest).
+    resumed_from: the step this invocation resumed from, or None.
+    already_complete: True if the run had already reached its target and
+      nothing was trained or written.
+    stopped_by: 'SIGTERM' or 'SIGINT' if a signal stopped the run early (a
+      checkpoint was saved; rerun to resume), else None.
+    stopped_early: True if early stopping (config.patience) ended the run.
+    best_step: the step of the best validation result (config.monitor), whose
+      checkpoint is kept; None without validation.
+    best_value: that result.
+  """
+
+  step: int
+  loss: float
+  test: dict
+  output: str
+  checkpoint: str
+  digest: str
+  resumed_from: int | None
+  already_complete: bool
+  stopped_by: str | None = None
+  stopped_early: bool = False
+  best_step: int | None = None
+  best_value: float | None = None
+
+  @property
+  def test_accuracy(self) -> float:
+    return self.test.get("test_accuracy", float("nan"))
+
+  @property
+  def test_loss(self) -> float:
+    return self.test.get("test_loss", float("nan"))
+
+
+def resolve(config: Config, task: task_lib.Task | None = None) -> tuple[Config, task_lib.Task]:
+  """The validated config and its task; config.task/task_options then describe the task.
+
+  Without `task`, config.task ('package.module:attr') is imported and given
+  config.task_options. With one, the config records its spec and options.
+  """
+  config.validate()
+  if task is None:
+    task = task_lib.with_options(task_lib.resolve(config.task), config.task_options, config.task)
+  elif not isinstance(task, task_lib.Task):
+    raise ReproError(f"task must be a repro.Task, got {type(task).__name__}")
+  else:
+    config = config.replace(task=task_lib.spec_of(task))
+  clash = sorted(set(task.options()) & identity_lib.reserved_names())
+  if clash:
+    raise ReproError(f"task {task_lib.task_name(task)}: option(s) {', '.join(clash)} would "
+                     f"mix with repro's own settings: rename them")
+  return config.replace(task_options=task.options()), task
+
+
+def _check_output(config: Config, task: task_lib.Task) -> Path:
+  """The absolute output path, refused if unusable; nothing is created here."""
+  output = Path(config.output or identity_lib.default_output(config, task)).expanduser().absolute()
+  if output.exists():
+    if not output.is_dir():
+      raise ReproError(f"--output {output} is a file, not a directory: pass a directory path")
+    foreign = sorted(p.name for p in output.iterdir() if not _OURS.match(p.name))
+    if foreign:
+      raise ReproError(
+          f"--output {output} holds files that are not part of a repro run "
+          f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}): pass a new or "
+          f"empty directory")
+    if not os.access(output, os.W_OK | os.X_OK):
+      raise ReproError(f"--output {output} is not writable: pass a writable directory")
+    return output
+  parent = output.parent
+  while not parent.exists():
+    parent = parent.parent
+  if not parent.is_dir():
+    raise ReproError(f"cannot create --output {output}: {parent} is a file; pass a directory path")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise ReproError(f"cannot create --output {output}: {parent} is not writable")
+  return output
+
+
+class _Forward(logging.Handler):
+  def __init__(self, log: Callable[[str], None]):
+    super().__init__(logging.INFO)
+    self.log = log
+
+  def emit(self, record: logging.LogRecord) -> None:
+    self.log(record.getMessage())
+
+
+@contextlib.contextmanager
+def _notes_to(log: Callable[[str], None]):
+  """Meanwhile, what repro's own modules say on the logger "repro" goes to `log`."""
+  notes, handler = logging.getLogger("repro"), _Forward(log)
+  level, propagate = notes.level, notes.propagate
+  notes.addHandler(handler)
+  notes.setLevel(logging.INFO)
+  notes.propagate = False
+  try:
+    yield
+  finally:
+    notes.removeHandler(handler)
+    notes.setLevel(level)
+    notes.propagate = propagate
+
+
+def _prepare_data(task: task_lib.Task, config: Config, primary: bool,
+                  log: Callable[[str], None]) -> splits_lib.Prepared:
+  """The task's splits, checked, with the validation examples held out.
+
+  The primary process loads first (a task may prepare a cache, such as a TFDS
+  copy), then the others read what it prepared.
+  """
+  if not primary:
+    parallel.barrier("repro-data")
+  with _notes_to(log):
+    given = task_lib.guarded("data()", task, task.data)
+  if primary:
+    parallel.barrier("repro-data")
+  prepared = splits_lib.prepare(given, task_lib.task_name(task), config.validation_examples,
+                                config.batch_size)
+  needs = config.needs_validation()
+  if needs and prepared.validation is None:
+    raise ReproError(f"{needs} needs a validation set: pass --validation_examples=N")
+  return prepared
+
+
+def run(config: Config, task: task_lib.Task | None = None, *,
+        log: Callable[[str], None] = print, hooks: Sequence[Hook] = ()) -> Result:
+  """Trains `task` under `config` to its target step, resuming `config.output` if it holds a run.
+
+  Args:
+    config: the run; validated first (ReproError on bad values).
+    task: a repro.Task; None means config.task with config.task_options.
+    log: receives one line per event (resume, checkpoint warnings, early stop).
+    hooks: repro.Hooks, called read-only at every chunk boundary after the
+      logs are written and the checkpoint (if due) is saved.
+
+  Returns:
+    The Result of the final state, bitwise identical whatever interruptions
+    the run went through. SIGTERM or SIGINT during the run stop it at the next
+    chunk boundary with a checkpoint (Result.stopped_by says which).
+  """
+  config, task = resolve(config, task)
+  mesh = parallel.make_mesh(config.devices, config.micro_shards, config.batch_size)
+  primary = parallel.is_primary()
+  log = log if primary else (lambda _: None)  # one process speaks
+  output = _check_output(config, task)
+  data = _prepare_data(task, config, primary, log)
+  environment.enable_compilation_cache()
+  plan = plan_lib.make(config, task, output, data, mesh, hooks)  # builds and checks; writes nothing
+  if primary:
+    output.mkdir(parents=True, exist_ok=True)
+  run_lock = lock_lib.RunLock(output) if primary else None
+  parallel.barrier("repro-output")
+  try:
+    if run_lock and run_lock.stale_owner:
+      log(f"took over the lock of a run that died ({run_lock.stale_owner})")
+    _say_topology(mesh, config, log)
+    with StopRequests() as requests:
+      return _train(plan, requests, list(hooks), log)
+  finally:
+    if run_lock:
+      run_lock.release()
+
+
+def _say_topology(mesh, config: Config, log: Callable[[str], None]) -> None:
+  if mesh is not None:
+    processes = jax.process_count()
+    log(f"data-parallel over {mesh.size} devices ({processes} process"
+        f"{'es' if processes > 1 else ''})" + (
+            f", topology-invariant with {config.micro_shards} micro-shards"
+            if config.micro_shards else ""))
+
+
+def _train(plan: plan_lib.Plan, requests: StopRequests, hooks: list[Hook],
+           log: Callable[[str], None]) -> Result:
+  """Starts or resumes, runs the trainer and returns the Result; owns the checkpoint store."""
+  config = plan.config
+  store = checkpoint.Store(plan.output, config.max_to_keep,
+                           best_monitor=config.monitor if plan.data.validation else None,
+                           maximize=plan.settings.maximize)
+  events = metrics.MetricsLog(plan.output / metrics.EVENTS_FILENAME, None) if (
+      parallel.is_primary()) else None
+  abandoned = False  # the store is left to die with the process, unfinished saves and all
+  try:
+    for step in store.discarded:
+      log(f"discarded the half-written checkpoint of step {step} (its write was cut short); "
+          f"the finalized steps are kept")
+    state, manifest = resume.start(store, plan, log)
+    if manifest is not None and plan.schedule.finished(state):
+      return _complete(plan, state, manifest, store, log)
+    _record_start(plan, state, manifest is not None, events, log)
+    checkpoints = parts.Checkpointer(store, functools.partial(manifest_lib.describe, plan),
+                                     events, saved=(state.step, manifest) if manifest else None)
+    ending = _loop(plan, state, checkpoints, requests, hooks, log)
+    store.wait()
+  except CheckpointWriteError:
+    abandoned = True  # its writer threads may wait for what will never come
+    raise
+  except jax.errors.JaxRuntimeError as err:
+    if jax.process_count() == 1 or not _PEER_GONE.search(str(err)):
+      raise
+    abandoned = True  # a peer died: the store's barriers would wait for it
+    raise _peer_lost(err, plan.output) from None
+  finally:
+    if events is not None:
+      events.close()
+    if not abandoned:
+      store.close()
+  return _ended(plan, ending, checkpoints, manifest is not None and state.step, log)
+
+
+def _record_start(plan: plan_lib.Plan, state: RunState, resumed: bool, events,
+                  log: Callable[[str], None]) -> None:
+  if resumed:
+    epoch, within = plan.schedule.epoch(state.step)
+    log(f"resuming {plan.output} from step {state.step} (epoch {epoch}, step {within} of "
+        f"{plan.schedule.steps_per_epoch})")
+  if events is not None:
+    (plan.output / "config.json").write_text(plan.config.to_json() + "\n")
+    events.append([{"event": "resume" if resumed else "start", "step": state.step,
+                    "time": parts.now()}])
+
+
+def _loop(plan: plan_lib.Plan, state: RunState, checkpoints: parts.Checkpointer,
+          requests: StopRequests, hooks: list[Hook], log: Callable[[str], None]) -> Ending:
+  """The trainer of this run, wired from its parts, run from `state`."""
+  config, data = plan.config, plan.data
+  program = programs.ScanChunks(plan)
+  reporters = parts.Reporters(_reporters(plan, state) if parallel.is_primary() else [])
+  all_finite = lambda train: bool(core.all_finite(parallel.on_one_device(train)))
+  trainer = Trainer(
+      program=program, schedule=plan.schedule,
+      guard=parts.FiniteGuard(all_finite, config.allow_nonfinite,
+                              checkpoints.store.step_path, log),
+      validate=(lambda s: plan.evaluate(s.train, data.validation, VAL)) if (
+          data.validation is not None) else None,
+      decide=parts.Decisions(plan.settings, config, plan.schedule.total,
+                             lambda x: parallel.replicate(x, plan.mesh), log),
+      test=lambda s: plan.evaluate(s.train, data.test, TEST) if data.test is not None else {},
+      reporters=reporters, checkpoints=checkpoints, signals=parts.StopOnSignal(requests),
+      hooks=hooks)
+  try:
+    ending = trainer.run(state)
+    if ending.stop and checkpoints.events is not None:
+      checkpoints.events.append([{"event": "stop", "signal": ending.stop,
+                                  "step": ending.state.step, "time": parts.now()}])
+  finally:
+    program.close()
+    reporters.close()
+    for hook in hooks:
+      hook.close()
+  return ending
+
+
+def _reporters(plan: plan_lib.Plan, state: RunState) -> list:
+  """metrics.jsonl and trace.jsonl, TensorBoard and the progress bar (process 0 only)."""
+  initial = lambda: core.fingerprint(state.train["model"])
+  return [parts.Logs(plan.output, state.step, initial),
+          parts.TensorBoard(plan.output, state.step),
+          parts.Progress(plan.schedule.target, state.step, plan.schedule.steps_per_epoch,
+                         f"seed {plan.config.seed}", plan.config.progress)]
+
+
+def _complete(plan: plan_lib.Plan, state: RunState, manifest: dict, store: checkpoint.Store,
+              log: Callable[[str], None]) -> Result:
+  """The Result of a run that had already reached its end: nothing is trained or written."""
+  why = "stopped early" if state.control.stopped_early else f"target {plan.schedule.target}"
+  log(f"run in {plan.output} is already complete at step {state.step} ({why}); nothing to do" +
+      ("" if state.control.stopped_early else ": raise --epochs to train further"))
+  return _result(plan, state, manifest.get("metrics", {}), str(store.step_path(state.step)),
+                 manifest.get("state_digest", ""), resumed_from=state.step,
+                 already_complete=True)
+
+
+def _ended(plan: plan_lib.Plan, ending: Ending, checkpoints: parts.Checkpointer,
+           resumed_from: int | bool, log: Callable[[str], None]) -> Result:
+  """The Result of this invocation's training, and a line if a signal stopped it."""
+  saved = checkpoints.saved_step
+  path = str(checkpoints.store.step_path(saved)) if saved is not None else ""
+  if ending.stop and saved is None:
+    log(f"stopped by {ending.stop} before the first step; nothing was saved")
+  elif ending.stop:
+    log(f"stopped by {ending.stop} at step {ending.state.step}; checkpoint saved to {path}; "
+        f"rerun the same command to resume")
+  metrics_now = ending.last.metrics if ending.last is not None else (
+      (checkpoints.manifest or {}).get("metrics", {}))
+  return _result(plan, ending.state, metrics_now, path,
+                 (checkpoints.manifest or {}).get("state_digest", ""),
+                 resumed_from=None if resumed_from is False else resumed_from,
+                 already_complete=False, stopped_by=ending.stop)
+
+
+def _result(plan: plan_lib.Plan, state: RunState, values: dict, checkpoint_path: str,
+            state_digest: str, **how) -> Result:
+  return Result(
+      step=state.step, loss=values.get("loss", float("nan")),
+      test={k: v for k, v in values.items() if k.startswith(TEST)}, output=str(plan.output),
+      checkpoint=checkpoint_path, digest=state_digest, stopped_early=state.control.stopped_early,
+      best_step=state.control.best_step, best_value=state.control.best, **how)
+
+
+def _peer_lost(err: Exception, output: Path) -> PeerLost:
+  first = squeezed(str(err).strip().splitlines()[0]) if str(err).strip() else type(err).__name__
+  return PeerLost(
+      f"a process of this {jax.process_count()}-process run failed ({first}); the steps "
+      f"since the last checkpoint in {output} are lost: restart every process to resume")

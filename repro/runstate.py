@@ -1,0 +1,113 @@
+"""The run state, exactly what a checkpoint holds, and what a chunk boundary shows.
+
+RunState is the whole of a run's progress: a run restored from it continues
+bit for bit. StepInfo is what the phases of a boundary produce from it, handed
+read-only to the user's hooks (repro.Hook).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from repro import parallel
+from repro.control import ControlState
+
+# The prefixes of evaluation metrics: validation, test, and the loss's own metrics.
+VAL, TEST, TRAIN = "val_", "test_", "train_"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunState:
+  """Exactly what a checkpoint holds.
+
+  Attributes:
+    step: global steps done; the data order is a function of it alone.
+    train: the nnx.State of {'model', 'optimizer'} on the run's device(s).
+    control: the decisions taken on evaluations (best, early stop, plateau).
+  """
+
+  step: int
+  train: Any
+  control: ControlState
+
+  def replace(self, **changes: Any) -> "RunState":
+    return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+  """The steps first+1 .. last that one chunk ran, and their trace on the host.
+
+  trace: 'loss', 'batch' and 'params' (per-step values and fingerprints) and
+  'metrics' ({name: per-step values}), cut to the steps that ran.
+  """
+
+  first: int
+  last: int
+  trace: dict
+
+  @classmethod
+  def of(cls, first: int, last: int, device_trace: dict) -> "Chunk":
+    """The chunk's trace brought to the host: its one host sync."""
+    n, host = last - first, parallel.to_host_tree(device_trace)
+    trace = {k: ({m: x[:n] for m, x in v.items()} if k == "metrics" else v[:n])
+             for k, v in host.items()}
+    return cls(first=first, last=last, trace=trace)
+
+  @property
+  def losses(self) -> list[float]:
+    return [float(x) for x in self.trace["loss"]]
+
+  @property
+  def steps(self) -> range:
+    return range(self.first + 1, self.last + 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepInfo:
+  """What a chunk boundary produced; hooks read it and never change the run.
+
+  Attributes:
+    state: the RunState after the chunk and this boundary's decisions.
+    chunk: the chunk that ended here.
+    evaluation: this step's validation record ({'step', 'val_*', 'lr'}), or None.
+    test: the test metrics ({'test_*'}) once the run reached its end, else {}.
+    checkpoint: whether a checkpoint of this step is saved at this boundary.
+  """
+
+  state: RunState
+  chunk: Chunk
+  evaluation: dict | None = None
+  test: dict = dataclasses.field(default_factory=dict)
+  checkpoint: bool = False
+
+  @property
+  def step(self) -> int:
+    return self.state.step
+
+  @property
+  def loss(self) -> float:
+    return self.chunk.losses[-1]
+
+  @property
+  def metrics(self) -> dict[str, float]:
+    """'loss' of the last step, then this boundary's 'val_*' and 'test_*'."""
+    validation = {k: v for k, v in (self.evaluation or {}).items() if k.startswith(VAL)}
+    return {"loss": self.loss, **validation, **self.test}
+
+
+class Hook:
+  """A read-only hook at chunk boundaries: override at_boundary (and close).
+
+  every: also end a chunk at every multiple of this step (0: at repro's own
+  boundaries only). Chunk lengths never change the bits.
+  """
+
+  every: int = 0
+
+  def at_boundary(self, info: StepInfo) -> None:
+    """Called once the boundary at info.step has logged and saved."""
+
+  def close(self) -> None:
+    """Releases what the hook holds (also after an error)."""
