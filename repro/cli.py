@@ -190,11 +190,11 @@ def _describe_task(spec: str) -> None:
   except ReproError as err:
     _exit_bad_input(str(err))
   field = next(field for field in _flag_fields() if field.name == TASK_FLAG)
-  FLAGS[TASK_FLAG].help = (
+  defaults = ",\n".join(f"{name}={value!r}" for name, value in options.items())
+  FLAGS[TASK_FLAG].help = (  # one option a line: absl wraps lines at spaces and hyphens
       f"{field.metadata['help']} It names a repro.Task class, instance or factory. Its options "
       f"are set with --task.<option>=value (before or after --task) and recorded in "
-      f"config.json; with their defaults: "
-      f"{spec}({', '.join(f'{name}={value!r}' for name, value in options.items())})")
+      f"config.json; with their defaults:\n{spec}({defaults})")
 
 
 def _named_task(argv: Sequence[str]) -> str:
