@@ -163,7 +163,8 @@ def test_options_without_task_are_those_of_the_configs_task(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     (None, "cannot read --config"),
-    ("{not json", "is not valid JSON (Expecting property name enclosed in double quotes at line 1)"),
+    ("{not json", "is not valid JSON (Expecting property name enclosed in double quotes at "
+                  "line 1)"),
     ("[1, 2]", "must hold a JSON object of config fields"),
     ('{"sed": 1}', "unknown config field(s) sed; known: "),
 ])
