@@ -1,4 +1,13 @@
-"""The absl faces of repro: flags -> Config -> run(), errors -> one line and exit 2."""
+"""The absl faces of repro: flags -> Config -> run(), errors -> one line and exit 2.
+
+One parser reads a command line: absl's, with one flag per Config field (its
+type, default and help come from the field) and the process flags. A task's
+options are not absl flags, since which ones exist depends on the task:
+parse_flags_or_exit takes every --task.<option>=value out of argv before absl
+parses the rest, and config_from_flags reads them against the task the run
+will use (--task, else --config's task, else the default), each typed as the
+task declares it. So --task and its options may come in any order.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +15,33 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import sys
-from pathlib import Path
-
+import types
 import typing
+from pathlib import Path
+from typing import Any, Callable, NoReturn, Sequence
 
 from absl import flags, logging
-from ml_collections import config_flags
 
 from repro import task as task_lib
 from repro.config import Config
-from repro.errors import CheckpointWriteError, NonFiniteLoss, PeerLost, ReproError
+from repro.errors import (CheckpointReadError, CheckpointWriteError, NonFiniteLoss, PeerLost,
+                          ReproError, squeezed)
+from repro.identity import DEFAULT_TASK
+from repro.runstate import TEST
 from repro.stop import EXIT_STOPPED
-from repro.tasks import DEFAULT as DEFAULT_TASK
 
 FLAGS = flags.FLAGS
 EXIT_BAD_INPUT = 2
+TASK_FLAG = "task"  # the Config field, and its flag, that names the task
+OPTIONS_FIELD = "task_options"  # the Config field that the --task.<option> arguments fill
+HELP_FLAGS = ("help", "helpfull", "helpshort", "helpxml", "h", "?")  # absl's
+# A task-option argument: --task.<option>=value, or --task.<option> / --notask.<option>
+# alone (a bool option's switch); one or two dashes, as for absl's flags.
+_OPTION_ARG = re.compile(rf"--?(?P<no>no(?={TASK_FLAG}\.[^=]*$))?{TASK_FLAG}\."
+                         rf"(?P<name>[^=]*)(?:=(?P<text>.*))?", re.DOTALL)
+_NONE_WORDS = ("None", "none")  # the value None of an `X | None` option
 
 
 def _define_config_flag(field: dataclasses.Field, kind) -> None:
@@ -39,45 +59,16 @@ def _define_config_flag(field: dataclasses.Field, kind) -> None:
     flags.DEFINE_string(name, default, help_text)
 
 
-def _task_options(spec: str):
-  """The options of task `spec` as a mutable dataclass for ml_collections' overrides.
-
-  Its field types are the task's resolved annotations, so --task.x=value is
-  parsed and checked as the task declares it. A ValueError (one line) if the
-  task cannot be imported or built.
-  """
-  try:
-    task = task_lib.resolve(spec)
-  except ReproError as err:
-    raise ValueError(str(err)) from None
-  values = task.options()
-  try:
-    hints = typing.get_type_hints(type(task))
-  except Exception:  # unresolvable annotations: fall back to the values' types
-    hints = {}
-  fields = [(name, hints.get(name, type(value)), dataclasses.field(default=value))
-            for name, value in values.items()]
-  body = ", ".join(f"{k}={v!r}" for k, v in values.items())
-  options = dataclasses.make_dataclass(
-      "TaskOptions", fields, repr=False,
-      namespace={"__repr__": lambda self: f"{spec}({body})"})
-  return options()
+def _flag_fields() -> list[dataclasses.Field]:
+  """The Config fields that are flags: all but the task's options (--task.<option>)."""
+  return [field for field in dataclasses.fields(Config) if field.name != OPTIONS_FIELD]
 
 
 def define_train_flags() -> None:
-  """bin/train's flags: one per Config field, --task, --config and the process flags."""
+  """bin/train's flags: one per Config field (--task among them), --config, the process flags."""
   hints = typing.get_type_hints(Config)
-  for field in dataclasses.fields(Config):
-    if field.name not in ("task", "task_options"):
-      _define_config_flag(field, hints[field.name])
-  try:  # without --task=, ml_collections resolves --task.<option> flags here already
-    config_flags.DEFINE_config_dataclass(
-        "task", _task_options(DEFAULT_TASK),
-        "The task, as package.module:attr (a repro.Task class, instance or factory); default "
-        f"{DEFAULT_TASK}. Its options are set with --task.<option>=value and recorded in "
-        "config.json.", parse_fn=_task_options)
-  except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as err:
-    _exit_bad_task_flag(sys.argv, err)
+  for field in _flag_fields():
+    _define_config_flag(field, hints[field.name])
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0 of a multi-process "
                       "run (jax.distributed); default $JAX_COORDINATOR_ADDRESS.")
   flags.DEFINE_integer("num_processes", None, "Processes of a multi-process run.")
@@ -86,72 +77,193 @@ def define_train_flags() -> None:
                       "flags given explicitly override it.")
 
 
-def _exit_bad_task_flag(argv: list[str], err: Exception) -> None:
-  """One line for a bad --task or --task.<option>, naming the task's options; exit 2."""
-  spec = next((a.split("=", 1)[1] for a in argv if a.startswith(("--task=", "-task="))),
-              DEFAULT_TASK)
+def _take_task_options(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """argv without its task-option arguments, and those, each as one word.
+
+  absl's two-word form `--task.x value` becomes `--task.x=value` (where the
+  value does not start with '-'). Nothing after `--` is taken.
+  """
+  kept, taken, words = [], [], list(argv)
+  while words:
+    word = words.pop(0)
+    if word == "--":
+      return [*kept, word, *words], taken
+    match = _OPTION_ARG.fullmatch(word)
+    if not match:
+      kept.append(word)
+    elif match["text"] is None and not match["no"] and words and not words[0].startswith("-"):
+      taken.append(f"{word}={words.pop(0)}")
+    else:
+      taken.append(word)
+  return kept, taken
+
+
+def _read_bool(text: str) -> bool:
+  words = {"true": True, "1": True, "false": False, "0": False}
+  if text.lower() not in words:
+    raise ValueError(text)
+  return words[text.lower()]
+
+
+# How an option of each plain type is read from its text, and that type in words.
+_READERS = {bool: (_read_bool, "a bool (true, false, 1 or 0)"), int: (int, "an integer"),
+            float: (float, "a number"), str: (str, "a string")}
+
+
+def _non_none(hint):
+  """X of an `X | None` (or Optional[X]) type; any other type itself."""
+  args = typing.get_args(hint)
+  if (typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 2
+      and type(None) in args):
+    return next(arg for arg in args if arg is not type(None))
+  return hint
+
+
+def _read_json(kind: type | None, text: str) -> Any:
+  """A JSON value, which must be a `kind` (a JSON list reads as a tuple where one is declared)."""
+  value = json.loads(text)  # json.JSONDecodeError is a ValueError
+  if kind is tuple and isinstance(value, list):
+    value = tuple(value)
+  if kind is not None and not isinstance(value, kind):
+    raise ValueError(text)
+  return value
+
+
+def _reader(hint) -> tuple[Callable[[str], Any], str]:
+  """How to read an option of type `hint` from its text, and that type in words.
+
+  bool, int, float and str as such, `X | None` as X or None, any other type
+  as a JSON value of it.
+  """
+  inner = _non_none(hint)
+  if inner is not hint:
+    read, what = _reader(inner)
+    return (lambda text: None if text in _NONE_WORDS else read(text)), f"{what} or None"
+  if hint in _READERS:
+    return _READERS[hint]
+  kind = typing.get_origin(hint) or hint
+  kind = kind if isinstance(kind, type) and kind is not Any else None
+  return functools.partial(_read_json, kind), f"a JSON {kind.__name__ if kind else 'value'}"
+
+
+def _option_types(task: task_lib.Task) -> dict[str, Any]:
+  """Each option's type: as the task's class declares it, else its default value's type."""
   try:
-    known = sorted(f.name for f in dataclasses.fields(_task_options(spec)))
-  except ValueError as bad_task:
-    print(f"error: {bad_task}", file=sys.stderr)
-    sys.exit(EXIT_BAD_INPUT)
-  given = [a.lstrip("-").split("=")[0].split(".", 1)[1] for a in argv
-           if a.lstrip("-").startswith(("task.", "notask."))]
-  unknown = sorted({g.split(".")[0] for g in given} - set(known))
-  what = (f"task {spec} has no option {', '.join(unknown)}" if unknown
-          else " ".join(str(err).split()))
-  print(f"error: {what}; its options: {', '.join(known) or 'none'} (--task.<option>=value)",
-        file=sys.stderr)
+    hints = typing.get_type_hints(type(task))
+  except (NameError, TypeError, AttributeError, SyntaxError):  # annotations that do not resolve
+    hints = {}
+  return {name: hints.get(name, Any if value is None else type(value))
+          for name, value in task.options().items()}
+
+
+def _option_value(match: re.Match, kind, spec: str) -> Any:
+  """The value of one task-option argument, for an option of type `kind`."""
+  name, text = match["name"], match["text"]
+  read, what = _reader(kind)
+  if text is not None:
+    try:
+      return read(text)
+    except ValueError:
+      raise ReproError(f"--task.{name}={text}: task {spec} takes {what} for {name}") from None
+  if _non_none(kind) is not bool:  # --task.x or --notask.x alone: a bool's switch
+    raise ReproError(f"--task.{name} needs a value: pass --task.{name}=<{what}>")
+  return not match["no"]
+
+
+def read_task_options(task: task_lib.Task, spec: str, words: Sequence[str]) -> dict[str, Any]:
+  """The options that `words` (--task.<option>=value, ...) set, typed as `task` declares them.
+
+  A ReproError names the task's options for an unknown one, and the expected
+  type for a value that is not of it. A later word wins, as for absl's flags.
+  """
+  kinds = _option_types(task)
+  matches = [_OPTION_ARG.fullmatch(word) for word in words]
+  unknown = sorted({match["name"] for match in matches} - set(kinds))
+  if unknown:
+    raise ReproError(f"task {spec} has no option {', '.join(unknown)}; its options: "
+                     f"{', '.join(sorted(kinds)) or 'none'} (--task.<option>=value)")
+  return {match["name"]: _option_value(match, kinds[match["name"]], spec) for match in matches}
+
+
+def _describe_task(spec: str) -> None:
+  """--task's help names task `spec`'s options and their defaults (for --help)."""
+  try:
+    options = task_lib.resolve(spec).options()
+  except ReproError as err:
+    _exit_bad_input(str(err))
+  field = next(field for field in _flag_fields() if field.name == TASK_FLAG)
+  defaults = ",\n".join(f"{name}={value!r}" for name, value in options.items())
+  FLAGS[TASK_FLAG].help = (  # one option a line: absl wraps lines at spaces and hyphens
+      f"{field.metadata['help']} It names a repro.Task class, instance or factory. Its options "
+      f"are set with --task.<option>=value (before or after --task) and recorded in "
+      f"config.json; with their defaults:\n{spec}({defaults})")
+
+
+def _named_task(argv: Sequence[str]) -> str:
+  """The task that argv's --task names (the last one, as absl reads it), else the default."""
+  spec = DEFAULT_TASK
+  for i, word in enumerate(argv):
+    if word == "--":
+      break
+    name, equals, value = word.partition("=")
+    if name in (f"-{TASK_FLAG}", f"--{TASK_FLAG}"):
+      spec = value if equals else (argv[i + 1:] or [spec])[0]
+  return spec
+
+
+def _is_help(word: str) -> bool:
+  return word.startswith("-") and word.lstrip("-").split("=")[0] in HELP_FLAGS
+
+
+def _exit_bad_input(message: str) -> NoReturn:
+  print(f"error: {message}", file=sys.stderr)
   sys.exit(EXIT_BAD_INPUT)
 
 
 def parse_flags_or_exit(argv: list[str], positional: int = 0) -> list[str]:
   """absl's parser, but a bad flag is one line on stderr and exit code 2.
 
-  `positional` is how many arguments besides flags the binary takes (-1: one
-  or more).
+  Returns absl's leftovers (the program name and the positional arguments)
+  followed by the task-option arguments, which config_from_flags reads once
+  the task is known. `positional` is how many arguments besides flags the
+  binary takes (-1: one or more).
   """
+  takes_task = TASK_FLAG in FLAGS
+  argv, option_words = _take_task_options(argv) if takes_task else (argv, [])
+  asked = any(_is_help(word) for word in argv[1:])
+  if asked and takes_task:
+    _describe_task(_named_task(argv))
   try:
     rest = FLAGS(argv)
   except SystemExit as stop:  # absl exits 1 after --help/--helpfull: asked for, so 0
-    asked = any(a.lstrip("-").split("=")[0] in ("help", "helpfull", "helpshort", "helpxml", "h", "?")
-                for a in argv[1:])
     sys.exit(0 if asked and stop.code == 1 else stop.code)
   except flags.Error as err:
-    print(f"error: {' '.join(str(err).split())} (see --helpfull)", file=sys.stderr)
-    sys.exit(EXIT_BAD_INPUT)
-  except (KeyError, AttributeError) as err:  # ml_collections: --task.<no such option>
-    _exit_bad_task_flag(argv, err)
-  if positional == -1 and len(rest) < 2:
-    print("error: expected at least one argument (see --helpfull)", file=sys.stderr)
-    sys.exit(EXIT_BAD_INPUT)
-  if positional == 0 and len(rest) > 1:
-    print(f"error: unexpected argument(s) {' '.join(rest[1:])}: every setting is a "
-          f"--flag (see --helpfull)", file=sys.stderr)
-    sys.exit(EXIT_BAD_INPUT)
-  if positional > 0 and len(rest) - 1 != positional:
-    print(f"error: expected {positional} arguments, got {len(rest) - 1} "
-          f"(see --helpfull)", file=sys.stderr)
-    sys.exit(EXIT_BAD_INPUT)
-  return rest
+    _exit_bad_input(f"{squeezed(err, 10**6)} (see --helpfull)")
+  given = len(rest) - 1
+  if positional == -1 and given < 1:
+    _exit_bad_input("expected at least one argument (see --helpfull)")
+  if positional == 0 and given:
+    _exit_bad_input(f"unexpected argument(s) {' '.join(rest[1:])}: every setting is a --flag "
+                    f"(see --helpfull)")
+  if positional > 0 and given != positional:
+    _exit_bad_input(f"expected {positional} arguments, got {given} (see --helpfull)")
+  return rest + option_words
 
 
-def config_from_flags() -> Config:
+def config_from_flags(option_words: Sequence[str] = ()) -> Config:
   """--config's JSON (or the defaults), overridden by the flags given explicitly.
 
   --task=spec replaces the task (and drops the JSON's options for another
-  task); --task.<option>=value overrides one option.
+  task); each of `option_words` (--task.<option>=value, from
+  parse_flags_or_exit) overrides one option of the task the run will use.
+  A ReproError if that task cannot be built or an option is bad.
   """
-  names = [f.name for f in dataclasses.fields(Config) if f.name not in ("task", "task_options")]
   base = _json_config(FLAGS.config) if FLAGS.config else Config()
-  changes = {name: FLAGS[name].value for name in names if FLAGS[name].present}
-  task_flag = FLAGS["task"]
-  spec = task_flag.config_filename if isinstance(task_flag.config_filename, str) else DEFAULT_TASK
-  options = dict(base.task_options) if (not task_flag.present or spec == base.task) else {}
-  options.update(task_flag.override_values)
-  if task_flag.present:
-    changes["task"] = spec
-  return base.replace(**changes, task_options=options)
+  changes = {f.name: FLAGS[f.name].value for f in _flag_fields() if FLAGS[f.name].present}
+  spec = changes.get(TASK_FLAG, base.task)
+  options = dict(base.task_options) if spec == base.task else {}
+  options.update(read_task_options(task_lib.resolve(spec), spec, option_words))
+  return base.replace(**changes, **{OPTIONS_FIELD: options})
 
 
 def _json_config(path_text: str) -> Config:
@@ -182,7 +294,7 @@ def _one_line_errors(main):
       logging.set_verbosity(logging.FATAL)  # Orbax, TFDS, ...: -v 0 shows their logs
     try:
       return main(argv, **kwargs)
-    except (ReproError, NonFiniteLoss) as err:
+    except (ReproError, NonFiniteLoss, CheckpointReadError) as err:
       print(f"error: {err}", file=sys.stderr)
       return err.exit_code
     except BrokenPipeError:  # `bin/train | head`: the reader has all it wanted
@@ -196,10 +308,10 @@ def _one_line_errors(main):
 def train_main(argv: list[str], hooks=()) -> int:
   """bin/train: 0 done, 2 bad input, 75 stopped with a checkpoint (rerun to resume).
 
+  argv: from parse_flags_or_exit, the program name and the --task.<option> arguments.
   hooks: repro.Hooks for the run (tests add fault injection here).
   """
-  del argv
-  config = config_from_flags().validate()
+  config = config_from_flags(argv[1:]).validate()
   from repro import parallel  # imports jax: after the flags are known to be good
   if (FLAGS.coordinator_address or FLAGS.num_processes is not None
       or FLAGS.process_id is not None or os.environ.get("JAX_COORDINATOR_ADDRESS")):
@@ -219,7 +331,8 @@ def train_main(argv: list[str], hooks=()) -> int:
     print(f"stopped: {result.stopped_by} at step {result.step}; checkpoint "
           f"{result.checkpoint or 'none (nothing trained yet)'}; rerun the same command to resume")
     return EXIT_STOPPED
-  tests = "".join(f", test {name[5:]} {value:.4f}" for name, value in sorted(result.test.items()))
+  tests = "".join(f", test {name.removeprefix(TEST)} {value:.4f}"
+                  for name, value in sorted(result.test.items()))
   if not result.already_complete:
     print(f"done: step {result.step}, loss {result.loss:.4f}{tests}; checkpoint "
           f"{result.checkpoint}")
@@ -270,9 +383,11 @@ def define_check_flags() -> None:
 
 @_one_line_errors
 def check_main(argv: list[str]) -> int:
-  """bin/check: 0 every promise holds for the task here, 1 something does not, 2 bad input."""
-  del argv
-  config = config_from_flags().validate()
+  """bin/check: 0 every promise holds for the task here, 1 something does not, 2 bad input.
+
+  argv: from parse_flags_or_exit, the program name and the --task.<option> arguments.
+  """
+  config = config_from_flags(argv[1:]).validate()
   from repro import checker
   report = checker.check(config, steps=FLAGS.check_steps, pairs=tuple(FLAGS.check_pairs),
                          jobs=FLAGS.jobs,

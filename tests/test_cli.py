@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
+import repro
 from bits import assert_bitwise_equal, restore_state
 from conftest import TRAIN, data_flags as small_data_flags
+from repro import Config, ReproError, cli
+
+CHARLM = "repro.tasks.charlm:CharLM"
 
 
 def train(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -124,3 +130,106 @@ def test_the_persistent_compilation_cache_changes_no_bits(data_flags, tmp_path):
     if name == "cold":
       assert any(cache.iterdir()), "the first run wrote no compiled executables"
   assert_bitwise_equal(restore_state(runs[0]), restore_state(runs[1]))
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+  """The one line `error: ...` of a refused command line (exit 2, no traceback)."""
+  assert result.returncode == 2, result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+  return lines[0]
+
+
+@pytest.mark.parametrize("args", [
+    ["--task.context=abc", f"--task={CHARLM}"],  # options before --task are read against it
+    [f"--task={CHARLM}", "--task.context=abc"],
+    [f"--task={CHARLM}", "--task.context", "abc"],  # absl's two-word form
+])
+def test_a_bad_option_value_names_the_type_the_task_declares(args, tmp_path):
+  line = error_line(train(*args, f"--output={tmp_path / 'out'}"))
+  assert line == f"error: --task.context=abc: task {CHARLM} takes an integer for context"
+  assert not (tmp_path / "out").exists()
+
+
+def test_options_without_task_are_those_of_the_configs_task(tmp_path):
+  path = tmp_path / "charlm.json"
+  path.write_text(Config(task=CHARLM).to_json())
+  unknown = error_line(train(f"--config={path}", "--task.dropout=0.5"))
+  assert unknown == (f"error: task {CHARLM} has no option dropout; its options: context, heads, "
+                     "layers, text, width (--task.<option>=value)")
+  bad = error_line(train(f"--config={path}", "--task.context=abc"))
+  assert bad.endswith(f"task {CHARLM} takes an integer for context")
+
+
+@pytest.mark.parametrize("text, message", [
+    (None, "cannot read --config"),
+    ("{not json", "is not valid JSON (Expecting property name enclosed in double quotes at "
+                  "line 1)"),
+    ("[1, 2]", "must hold a JSON object of config fields"),
+    ('{"sed": 1}', "unknown config field(s) sed; known: "),
+])
+def test_a_bad_config_is_one_line_and_exit_code_2(text, message, tmp_path):
+  path = tmp_path / "config.json"
+  if text is not None:
+    path.write_text(text)
+  assert message in error_line(train(f"--config={path}", f"--output={tmp_path / 'out'}"))
+  assert not (tmp_path / "out").exists()
+
+
+def test_helpfull_lists_the_options_of_the_task_given():
+  result = train("--helpfull", f"--task={CHARLM}")
+  assert result.returncode == 0, result.stderr
+  assert f"{CHARLM}(text='/usr/share/common-licenses/GPL-3'," in result.stdout
+  assert "dataset=" not in result.stdout
+
+
+def test_help_for_a_task_that_cannot_be_imported_is_one_line():
+  assert "cannot import task no.such.module:Task" in error_line(
+      train("--help", "--task=no.such.module:Task"))
+
+
+@dataclasses.dataclass
+class Typed(repro.Task):
+  count: int = 1
+  rate: float | None = None
+  shuffle: bool = True
+  name: Optional[str] = "x"
+  sizes: tuple[int, ...] = (1,)
+
+
+@dataclasses.dataclass
+class Unresolved(repro.Task):
+  count: "NotDefinedAnywhere" = 3  # noqa: F821 (an annotation that does not resolve)
+
+
+def test_task_options_are_read_as_the_task_declares_them():
+  read = lambda *words: cli.read_task_options(Typed(), "m:Typed", words)
+  assert read("--task.count=3", "--task.rate=0.5", "--task.shuffle=false", "--task.name=y",
+              "--task.sizes=[2, 3]") == dict(count=3, rate=0.5, shuffle=False, name="y",
+                                             sizes=(2, 3))
+  assert read("--task.rate=None", "--task.name=none") == dict(rate=None, name=None)
+  assert read("--task.rate=2") == dict(rate=2.0) and type(read("--task.rate=2")["rate"]) is float
+  assert read("--notask.shuffle") == dict(shuffle=False)
+  assert read("--task.shuffle=0", "-task.shuffle") == dict(shuffle=True)  # the last one wins
+  assert read("--task.shuffle=TRUE") == dict(shuffle=True)
+
+
+def test_options_whose_annotations_do_not_resolve_take_their_defaults_types():
+  assert cli.read_task_options(Unresolved(), "m:Unresolved", ["--task.count=4"]) == dict(count=4)
+  with pytest.raises(ReproError, match="takes an integer for count"):
+    cli.read_task_options(Unresolved(), "m:Unresolved", ["--task.count=x"])
+
+
+@pytest.mark.parametrize("word, message", [
+    ("--task.count=1.5", "--task.count=1.5: task m:Typed takes an integer for count"),
+    ("--task.rate=fast", "--task.rate=fast: task m:Typed takes a number or None for rate"),
+    ("--task.shuffle=yes", "takes a bool (true, false, 1 or 0) for shuffle"),
+    ("--task.sizes=3", "--task.sizes=3: task m:Typed takes a JSON tuple for sizes"),
+    ("--task.count", "--task.count needs a value: pass --task.count=<an integer>"),
+    ("--task.colour=red", "task m:Typed has no option colour; its options: count, name, rate, "
+                          "shuffle, sizes (--task.<option>=value)"),
+])
+def test_a_bad_task_option_names_what_the_task_takes(word, message):
+  with pytest.raises(ReproError) as refused:
+    cli.read_task_options(Typed(), "m:Typed", [word])
+  assert message in str(refused.value)
