@@ -7,7 +7,8 @@ straight through; another --chunk_steps; one CPU vs all of them (pinned by
 CPU affinity, as `taskset -c` does); with micro-shards, one device vs several;
 on a GPU, the deterministic-ops flag on vs off. Where a pair differs, the
 report names the first differing step (from the traces), the differing
-leaves (from the final states) and the probable cause (diagnose()).
+leaves (from the final states) and the probable cause (diagnose()). Each run
+is `python -m repro.check_run` (repro.check_run.command()).
 """
 
 from __future__ import annotations
@@ -135,43 +136,6 @@ def plan(config: Config, steps: int, cpus: int, platform: str,
   return ways, pairs, skipped
 
 
-CHILD = """
-import os, sys
-cpus = os.environ.pop("REPRO_CHECK_CPUS", "")
-if cpus:  # before JAX starts: XLA sizes its thread pool by the CPUs it may use
-  os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
-main = os.environ.pop("REPRO_CHECK_MAIN", "")
-if main:  # the task's class lives in the caller's script: load it, not run it
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("__repro_check_main__", main)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules["__main__"] = module
-  spec.loader.exec_module(module)
-from repro.checker import child_main
-sys.exit(child_main(*sys.argv[1:]))
-"""
-
-
-def child_main(task_file: str, config_file: str, twice: str = "") -> int:
-  """A check's run in its own process: the task rebuilt (load_task), trained by repro.run.
-
-  twice: first train the same config into that scratch directory, in this
-  process (a second run in one process must equal a first).
-  """
-  from repro.errors import exit_code_of, one_line
-  from repro.run import run
-  try:
-    task = load_task(Path(task_file))
-    config = Config.from_dict(json.loads(Path(config_file).read_text()))
-    if twice:
-      run(config.replace(output=twice), task, log=lambda _: None)
-    run(config, task, log=lambda _: None)
-  except Exception as err:  # the report shows it as the row's failure
-    print(f"error: {err if isinstance(err, ReproError) else one_line(err)}", file=sys.stderr)
-    return exit_code_of(err)
-  return 0
-
-
 class RunFailed(Exception):
   """A check's run exited non-zero: its last line of stderr."""
 
@@ -184,7 +148,7 @@ def _python_path() -> str:
   return os.pathsep.join(dict.fromkeys(extra))
 
 
-def _env(way: Way, cache: Path, main: str | None) -> dict[str, str]:
+def _env(way: Way, cache: Path) -> dict[str, str]:
   env = dict(os.environ, PYTHONPATH=_python_path(), JAX_COMPILATION_CACHE_DIR=str(cache),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",  # every program, even tiny ones
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", PYTHONUNBUFFERED="1")
@@ -194,26 +158,25 @@ def _env(way: Way, cache: Path, main: str | None) -> dict[str, str]:
     flags.append(f"--xla_force_host_platform_device_count={way.devices}")
   flags += way.xla_flags.split()
   env["XLA_FLAGS"] = " ".join(flags)
-  if way.cpus:
-    env["REPRO_CHECK_CPUS"] = ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[:way.cpus])
-  if main:
-    env["REPRO_CHECK_MAIN"] = main
   return env
 
 
 def run_way(way: Way, config: Config, steps: int, workdir: Path, task_file: Path,
             main: str | None) -> Path:
   """Trains one way (two processes if it resumes); its run directory. RunFailed on failure."""
+  from repro import check_run
   output = workdir / way.name
   config = config.replace(**way.changes, output=str(output), progress=False,
                           checkpoint_every=steps)
-  twice = [str(workdir / f"{way.name}-first")] if way.twice_in_process else []
+  cpus = tuple(sorted(os.sched_getaffinity(0))[:way.cpus])
+  twice = workdir / f"{way.name}-first" if way.twice_in_process else None
   for n, target in enumerate([way.resume_at] * bool(way.resume_at) + [steps]):
     config_file = workdir / f"{way.name}-{n}.json"
     config_file.write_text(json.dumps(config.replace(max_steps=target).to_dict()))
-    done = subprocess.run([sys.executable, "-c", CHILD, str(task_file), str(config_file),
-                           *twice], env=_env(way, workdir / f"cache-{way.cache}", main),
-                          capture_output=True, text=True)
+    done = subprocess.run(check_run.command(task_file, config_file, cpus=cpus, main=main,
+                                            twice=twice),
+                          env=_env(way, workdir / f"cache-{way.cache}"), capture_output=True,
+                          text=True)
     if done.returncode != 0:
       last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
       raise RunFailed(f"{way.name} run failed (exit {done.returncode}): {last}")
