@@ -65,7 +65,7 @@ class Way:
 
 
 def processes(ways: list[Way]) -> int:
-  """The fresh processes the ways take: the report's run count."""
+  """The fresh processes the ways take: the report's run count and the progress bar's."""
   return sum(way.processes for way in ways)
 
 
@@ -425,7 +425,7 @@ def _run_all(ways: list[Way], config: Config, steps: int, root: Path, main: str 
   with concurrent.futures.ThreadPoolExecutor(jobs or os.cpu_count() or 1) as pool:
     futures = {pool.submit(run_way, w, config, steps, root, root / "task.json", main): w
                for w in ways}
-    bar = tqdm(total=len(ways), desc="check runs", unit="run", disable=not progress,
+    bar = tqdm(total=processes(ways), desc="check runs", unit="run", disable=not progress,
                file=sys.stderr)
     for done in concurrent.futures.as_completed(futures):
       way = futures[done]
@@ -433,7 +433,7 @@ def _run_all(ways: list[Way], config: Config, steps: int, root: Path, main: str 
         runs[way.name] = done.result()
       except RunFailed as err:
         runs[way.name] = err
-      bar.update()
+      bar.update(way.processes)
     bar.close()
   return runs
 

@@ -142,6 +142,16 @@ def test_a_thread_count_difference_is_a_limit_not_a_failure():
   assert report.exit_code == 1 and "NOT REPRODUCIBLE here" in checker.format_report(report)
 
 
+def test_the_progress_bar_and_the_report_count_the_same_runs(tmp_path, monkeypatch, capsys):
+  """A way that resumes takes two processes: 8 ways here, 9 runs, in the bar as in the report."""
+  ways, _, _ = checker.plan(Config(batch_size=16), STEPS, cpus=2, platform="cpu")
+  assert (len(ways), checker.processes(ways)) == (8, 9)
+  monkeypatch.setattr(checker, "run_way", lambda way, *_: tmp_path / way.name)
+  runs = checker._run_all(ways, Config(), STEPS, tmp_path, None, jobs=1, progress=True)
+  assert sorted(runs) == sorted(way.name for way in ways)
+  assert "9/9" in capsys.readouterr().err
+
+
 def test_the_host_callbacks_of_a_task_are_found_by_tracing_it():
   import check_tasks
   import numpy as np
