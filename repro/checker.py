@@ -8,6 +8,11 @@ CPU affinity, as `taskset -c` does); with micro-shards, one device vs several;
 on a GPU, the deterministic-ops flag on vs off. Where a pair differs, the
 report names the first differing step (from the traces), the differing
 leaves (from the final states) and the probable cause (diagnose()).
+
+ROWS is the one table of those rows: each row's --check_pairs name, its label,
+the runs it compares, whether it is a promise, and its probable cause. The
+plan, the report, the run count and the cause rules all read it. Each run is
+`python -m repro.check_run` (repro.check_run.command()).
 """
 
 from __future__ import annotations
@@ -30,36 +35,154 @@ from repro.config import Config
 from repro.errors import ReproError
 
 EXIT_HOLDS, EXIT_BROKEN = 0, 1
+BASE = "base"  # the plain run that most rows compare against
 THREADS_LIMIT = ("the CPU count is a documented limit, not a promise: compare runs pinned to "
                  "the same number of CPUs (taskset -c)")
+NONDETERMINISTIC_OP = "a nondeterministic op: the same program on the same data gave other bits"
+CALL_COUNTER = ("a counter that depends on the number of calls: something the model reads "
+                "changes with how many times it was built, traced or called (a module-level or "
+                "Python counter, or an RNG counter outside nnx.Rngs), and is not in the "
+                "checkpoint; keep such state in nnx Variables")
 
 
 @dataclasses.dataclass(frozen=True)
 class Way:
   """One way to train: config changes, and how the process is started."""
 
-  name: str
   changes: dict = dataclasses.field(default_factory=dict)
   resume_at: int = 0  # stop at this step, then resume in a second process
   cpus: int = 0  # pin to this many CPUs (0: all)
   devices: int = 0  # forced host devices (0: as the environment says)
   xla_flags: str = ""
   twice_in_process: bool = False  # train once into a scratch directory first, same process
-  cache: str = "base"  # the compilation cache it shares with the ways of the same name
+  own_cache: bool = False  # compile into a cache of its own, not the one the others share
+  name: str = ""  # its run directory; given by its row (Row.ways)
+
+  @property
+  def processes(self) -> int:
+    """The fresh processes it takes: a second one to resume in."""
+    return 1 + bool(self.resume_at)
+
+
+def processes(ways: list[Way]) -> int:
+  """The fresh processes the ways take: the report's run count and the progress bar's."""
+  return sum(way.processes for way in ways)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  """What the rows' runs depend on: the check's steps, this machine, the micro-shards to try."""
+
+  steps: int
+  cpus: int  # CPUs this process may use
+  platform: str  # JAX's default backend
+  shards: int  # micro-shards for the micro row (0: no divisor of the batch size to try)
+
+  @property
+  def chunk(self) -> int:
+    """Every run's --chunk_steps, but the chunk row's."""
+    return max(1, self.steps // 2)
+
+  @property
+  def half(self) -> int:
+    """The step a resumed run stops at."""
+    return max(1, self.steps // 2)
+
+  @property
+  def other(self) -> int:
+    """The chunk row's --chunk_steps."""
+    return max(1, (2 * self.chunk) // 3) if self.chunk > 1 else 2
+
+  @property
+  def plain(self) -> dict:
+    return {"chunk_steps": self.chunk}
+
+
+def _no_reason(shape: Shape) -> str:
+  return ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """A row of bin/check: the runs it compares, and what a difference between them means."""
+
+  name: str  # in --check_pairs
+  label: str  # in the report: a str.format template over the Shape, `s`
+  runs: Callable[[Shape], tuple[Way, ...]]  # its run (compared with BASE's), or its two runs
+  cause: str  # the probable cause of a difference, where no rule of diagnose() says more
+  promised: bool = True  # False: a documented limit; a difference does not fail the check
+  unavailable: Callable[[Shape], str] = _no_reason  # why it cannot run here ("": it can)
+
+  def ways(self, shape: Shape) -> tuple[Way, Way]:
+    """The two ways it compares, named: BASE and its run, or its two runs."""
+    own = self.runs(shape)
+    if len(own) == 1:
+      return base_way(shape), dataclasses.replace(own[0], name=self.name)
+    return tuple(dataclasses.replace(way, name=f"{self.name}_{n}")
+                 for n, way in enumerate(own, 1))
+
+
+def base_way(shape: Shape) -> Way:
+  return Way(shape.plain, name=BASE)
+
+
+def _micro_ways(s: Shape) -> tuple[Way, Way]:
+  options = {**s.plain, "micro_shards": s.shards}
+  return (Way({**options, "devices": 1}, devices=1),
+          Way({**options, "devices": 0}, devices=s.shards))
+
+
+def _micro_unavailable(s: Shape) -> str:
+  if s.platform == "cpu" and s.shards > 1:
+    return ""
+  why = "not on " + s.platform if s.shards > 1 else "an odd batch size"
+  return f"{why} (the devices are forced CPU devices)"
+
+
+AGAIN = Row("again", "same run twice", lambda s: (Way(s.plain, own_cache=True),),
+            NONDETERMINISTIC_OP)
+ROWS = (  # the report's rows, in its order
+    AGAIN,
+    Row("resumed", "resumed at step {s.half} vs straight",
+        lambda s: (Way(s.plain, resume_at=s.half),), CALL_COUNTER),
+    Row("chunk", "--chunk_steps={s.other} vs {s.chunk}",
+        lambda s: (Way({"chunk_steps": s.other}),), CALL_COUNTER),
+    Row("in_process", "second run in one process vs first",
+        lambda s: (Way(s.plain, twice_in_process=True),), CALL_COUNTER),
+    Row("one_cpu", "1 CPU vs all {s.cpus}", lambda s: (Way(s.plain, cpus=1),),
+        "thread count: " + THREADS_LIMIT, promised=False,
+        unavailable=lambda s: "" if s.cpus > 1 else "this process may use only 1 CPU"),
+    Row("micro", "--micro_shards={s.shards}: 1 device vs {s.shards}", _micro_ways,
+        "a nondeterministic op across devices, or non-parameter state the micro-shards do not "
+        "combine in a fixed order", unavailable=_micro_unavailable),
+    Row("gpu_off", "GPU deterministic ops on vs off",
+        lambda s: (Way(s.plain, xla_flags="--xla_gpu_deterministic_ops=false", own_cache=True),),
+        "a nondeterministic op on the GPU: keep --xla_gpu_deterministic_ops=true (repro's "
+        "default)", promised=False,
+        unavailable=lambda s: "" if s.platform == "gpu" else f"no GPU (backend {s.platform})"),
+)
+ROWS_BY_NAME = {row.name: row for row in ROWS}
+PAIRS = tuple(ROWS_BY_NAME)  # the names --check_pairs takes
 
 
 @dataclasses.dataclass(frozen=True)
 class Pair:
-  """A row of the report: two ways that repro promises (or not) give the same bits."""
+  """A row as this check runs it: its label here, and the two runs (way names) it compares."""
 
+  row: Row
   label: str
   a: str
   b: str
-  promised: bool = True  # False: a documented limit; a difference does not fail the check
+
+  @property
+  def promised(self) -> bool:
+    return self.row.promised
 
 
 @dataclasses.dataclass
-class Row:
+class Outcome:
+  """A row of the report: whether its two runs are bitwise equal, and if not, where and why."""
+
   pair: Pair
   equal: bool | None  # None: not compared (skipped, or a run failed)
   detail: str = ""  # where they differ, why skipped, or how a run failed
@@ -71,9 +194,9 @@ class Row:
 class Report:
   task: str
   steps: int
-  rows: list[Row]
+  rows: list[Outcome]
   seconds: float
-  runs: int
+  runs: int  # fresh processes started
 
   @property
   def holds(self) -> bool:
@@ -84,92 +207,30 @@ class Report:
     return EXIT_HOLDS if self.holds else EXIT_BROKEN
 
 
-PAIRS = ("again", "resumed", "chunk", "in_process", "one_cpu", "micro", "gpu_off")
-
-
 def plan(config: Config, steps: int, cpus: int, platform: str,
-         only: tuple[str, ...] = PAIRS) -> tuple[list[Way], list[Pair], list[Row]]:
+         only: tuple[str, ...] = PAIRS) -> tuple[list[Way], list[Pair], list[Outcome]]:
   """The ways to train, the pairs to compare, and the rows skipped on this machine.
 
-  only: the pairs to run, by name (PAIRS); the others are left out of the report.
+  only: the rows to run, by name (PAIRS); the others are left out of the report.
   The ways share a compilation cache, except 'again', whose own compilations
   must agree with base's. (Sharing hides nothing else: an executable cached by
   a 2-CPU run gives a 1-CPU run the 1-CPU bits, measured; XLA:CPU splits the
   work when it runs, not when it compiles.)
   """
-  chunk, half = max(1, steps // 2), max(1, steps // 2)
-  other = max(1, (2 * chunk) // 3) if chunk > 1 else 2
-  plain = {"chunk_steps": chunk}
   shards = config.micro_shards or next((m for m in (4, 2) if config.batch_size % m == 0), 0)
-  table = {  # name: (pair, its second way(s), why it cannot run here or "")
-      "again": (Pair("same run twice", "base", "again"), [Way("again", plain, cache="again")], ""),
-      "resumed": (Pair(f"resumed at step {half} vs straight", "base", "resumed"),
-                  [Way("resumed", plain, resume_at=half)], ""),
-      "chunk": (Pair(f"--chunk_steps={other} vs {chunk}", "base", "chunk"),
-                [Way("chunk", {"chunk_steps": other})], ""),
-      "in_process": (Pair("second run in one process vs first", "base", "in_process"),
-                     [Way("in_process", plain, twice_in_process=True)], ""),
-      "one_cpu": (Pair(f"1 CPU vs all {cpus}", "base", "one_cpu", promised=False),
-                  [Way("one_cpu", plain, cpus=1)],
-                  "" if cpus > 1 else "this process may use only 1 CPU"),
-      "micro": (Pair(f"--micro_shards={shards}: 1 device vs {shards}", "micro_1", "micro_n"),
-                [Way("micro_1", {**plain, "micro_shards": shards, "devices": 1}, devices=1),
-                 Way("micro_n", {**plain, "micro_shards": shards, "devices": 0},
-                     devices=shards)],
-                "" if platform == "cpu" and shards > 1 else
-                f"{'not on ' + platform if shards > 1 else 'an odd batch size'} (the devices "
-                f"are forced CPU devices)"),
-      "gpu_off": (Pair("GPU deterministic ops on vs off", "base", "gpu_off", promised=False),
-                  [Way("gpu_off", plain, xla_flags="--xla_gpu_deterministic_ops=false",
-                       cache="gpu_off")],
-                  "" if platform == "gpu" else f"no GPU (backend {platform})"),
-  }
-  ways, pairs, skipped = [Way("base", plain)], [], []
+  shape = Shape(steps, cpus, platform, shards)
+  ways, pairs, skipped = {BASE: base_way(shape)}, [], []
   for name in only:
-    pair, second, why = table[name]
+    row = ROWS_BY_NAME[name]
+    a, b = row.ways(shape)
+    pair = Pair(row, row.label.format(s=shape), a.name, b.name)
+    why = row.unavailable(shape)
     if why:
-      skipped.append(Row(pair, None, f"skipped: {why}", skipped=True))
+      skipped.append(Outcome(pair, None, f"skipped: {why}", skipped=True))
     else:
       pairs.append(pair)
-      ways += second
-  return ways, pairs, skipped
-
-
-CHILD = """
-import os, sys
-cpus = os.environ.pop("REPRO_CHECK_CPUS", "")
-if cpus:  # before JAX starts: XLA sizes its thread pool by the CPUs it may use
-  os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
-main = os.environ.pop("REPRO_CHECK_MAIN", "")
-if main:  # the task's class lives in the caller's script: load it, not run it
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("__repro_check_main__", main)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules["__main__"] = module
-  spec.loader.exec_module(module)
-from repro.checker import child_main
-sys.exit(child_main(*sys.argv[1:]))
-"""
-
-
-def child_main(task_file: str, config_file: str, twice: str = "") -> int:
-  """A check's run in its own process: the task rebuilt (load_task), trained by repro.run.
-
-  twice: first train the same config into that scratch directory, in this
-  process (a second run in one process must equal a first).
-  """
-  from repro.errors import exit_code_of, one_line
-  from repro.runner import run
-  try:
-    task = load_task(Path(task_file))
-    config = Config.from_dict(json.loads(Path(config_file).read_text()))
-    if twice:
-      run(config.replace(output=twice), task, log=lambda _: None)
-    run(config, task, log=lambda _: None)
-  except Exception as err:  # the report shows it as the row's failure
-    print(f"error: {err if isinstance(err, ReproError) else one_line(err)}", file=sys.stderr)
-    return exit_code_of(err)
-  return 0
+      ways.update({a.name: a, b.name: b})
+  return list(ways.values()), pairs, skipped
 
 
 class RunFailed(Exception):
@@ -184,7 +245,7 @@ def _python_path() -> str:
   return os.pathsep.join(dict.fromkeys(extra))
 
 
-def _env(way: Way, cache: Path, main: str | None) -> dict[str, str]:
+def _env(way: Way, cache: Path) -> dict[str, str]:
   env = dict(os.environ, PYTHONPATH=_python_path(), JAX_COMPILATION_CACHE_DIR=str(cache),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",  # every program, even tiny ones
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", PYTHONUNBUFFERED="1")
@@ -194,26 +255,25 @@ def _env(way: Way, cache: Path, main: str | None) -> dict[str, str]:
     flags.append(f"--xla_force_host_platform_device_count={way.devices}")
   flags += way.xla_flags.split()
   env["XLA_FLAGS"] = " ".join(flags)
-  if way.cpus:
-    env["REPRO_CHECK_CPUS"] = ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[:way.cpus])
-  if main:
-    env["REPRO_CHECK_MAIN"] = main
   return env
 
 
 def run_way(way: Way, config: Config, steps: int, workdir: Path, task_file: Path,
             main: str | None) -> Path:
   """Trains one way (two processes if it resumes); its run directory. RunFailed on failure."""
+  from repro import check_run
   output = workdir / way.name
   config = config.replace(**way.changes, output=str(output), progress=False,
                           checkpoint_every=steps)
-  twice = [str(workdir / f"{way.name}-first")] if way.twice_in_process else []
+  cpus = tuple(sorted(os.sched_getaffinity(0))[:way.cpus])
+  twice = workdir / f"{way.name}-first" if way.twice_in_process else None
+  cache = workdir / f"cache-{way.name if way.own_cache else BASE}"
   for n, target in enumerate([way.resume_at] * bool(way.resume_at) + [steps]):
     config_file = workdir / f"{way.name}-{n}.json"
     config_file.write_text(json.dumps(config.replace(max_steps=target).to_dict()))
-    done = subprocess.run([sys.executable, "-c", CHILD, str(task_file), str(config_file),
-                           *twice], env=_env(way, workdir / f"cache-{way.cache}", main),
-                          capture_output=True, text=True)
+    done = subprocess.run(check_run.command(task_file, config_file, cpus=cpus, main=main,
+                                            twice=twice),
+                          env=_env(way, cache), capture_output=True, text=True)
     if done.returncode != 0:
       last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
       raise RunFailed(f"{way.name} run failed (exit {done.returncode}): {last}")
@@ -253,9 +313,13 @@ def _primitives(jaxpr) -> set[str]:
   return found
 
 
-def diagnose(key: str, c: verify.Comparison, first_row_equal: bool, callbacks: list[str],
+def diagnose(row: Row, c: verify.Comparison, first_row_equal: bool, callbacks: list[str],
              data_differs: bool) -> str:
-  """The probable cause of a difference in the pair whose second run is `key`."""
+  """The probable cause of a difference between the runs of `row`.
+
+  first_row_equal: whether the same run twice (AGAIN) was equal; where it was
+  not, its cause explains every other row too.
+  """
   step = c.divergence.step if c.divergence else None
   if callbacks:
     return (f"a host callback in the model or loss ({', '.join(callbacks)}): it runs outside "
@@ -265,25 +329,15 @@ def diagnose(key: str, c: verify.Comparison, first_row_equal: bool, callbacks: l
     return ("Python, NumPy or time-based randomness in the task's data(): two fresh processes "
             "built different data (their fingerprints differ); make data() a fixed function "
             "of its options")
-  if key == "one_cpu":
-    return "thread count: " + THREADS_LIMIT
-  if key == "gpu_off":
-    return ("a nondeterministic op on the GPU: keep --xla_gpu_deterministic_ops=true "
-            "(repro's default)")
-  if key == "again" and step in (0, 1):
+  if not row.promised:  # a documented limit explains its own row
+    return row.cause
+  if row is AGAIN and step in (0, 1):
     return (f"Python, NumPy or time-based randomness in the task: two fresh processes with "
             f"the same seed differ at {'init' if step == 0 else 'step 1'}; draw randomness "
             f"only from the nnx.Rngs that model(rngs) receives")
-  if key == "again" or not first_row_equal:
-    return ("a nondeterministic op: the same program on the same data gave other bits"
-            + (f" from step {step}" if step else ""))
-  if key in ("resumed", "chunk", "in_process"):
-    return ("a counter that depends on the number of calls: something the model reads "
-            "changes with how many times it was built, traced or called (a module-level or "
-            "Python counter, or an RNG counter outside nnx.Rngs), and is not in the "
-            "checkpoint; keep such state in nnx Variables")
-  return ("a nondeterministic op across devices, or non-parameter state the micro-shards "
-          "do not combine in a fixed order")
+  if row is AGAIN or not first_row_equal:
+    return AGAIN.cause + (f" from step {step}" if step else "")
+  return row.cause
 
 
 def _where(c: verify.Comparison) -> str:
@@ -302,23 +356,23 @@ def _data_differs(run_a: Path, run_b: Path) -> bool:
   return prints[0] != prints[1]
 
 
-def compare_pairs(pairs: list[Pair], runs: dict, callbacks: list[str]) -> list[Row]:
+def compare_pairs(pairs: list[Pair], runs: dict, callbacks: list[str]) -> list[Outcome]:
   """A row per pair: equal or not, where they first differ, and the probable cause."""
-  compared = {pair.b: verify.compare(runs[pair.a], runs[pair.b]) for pair in pairs
+  compared = {pair.row: verify.compare(runs[pair.a], runs[pair.b]) for pair in pairs
               if not any(isinstance(runs[k], RunFailed) for k in (pair.a, pair.b))}
-  twice_equal = compared["again"].identical if "again" in compared else True
+  twice_equal = compared[AGAIN].identical if AGAIN in compared else True
   rows = []
   for pair in pairs:
-    c = compared.get(pair.b)
+    c = compared.get(pair.row)
     if c is None:
       failed = next(runs[k] for k in (pair.a, pair.b) if isinstance(runs[k], RunFailed))
-      rows.append(Row(pair, None, str(failed)))
+      rows.append(Outcome(pair, None, str(failed)))
     elif c.identical:
-      rows.append(Row(pair, True))
+      rows.append(Outcome(pair, True))
     else:
-      cause = diagnose(pair.b, c, twice_equal, callbacks,
+      cause = diagnose(pair.row, c, twice_equal, callbacks,
                        _data_differs(runs[pair.a], runs[pair.b]))
-      rows.append(Row(pair, False, _where(c), cause))
+      rows.append(Outcome(pair, False, _where(c), cause))
   return rows
 
 
@@ -327,7 +381,7 @@ def check(config: Config, task: task_lib.Task | None = None, *, steps: int = 20,
           log: Callable[[str], None] = print) -> Report:
   """Trains `task` for `steps` steps several ways in fresh processes; compares the pairs.
 
-  pairs: which rows to run (names from PAIRS; default all).
+  pairs: which rows to run (names from PAIRS, the ROWS; default all).
   jobs: runs at a time (0: one per CPU). workdir: where the runs go (kept);
   default a temporary directory, removed. Raises ReproError (one line) for a
   bad config or task, or when the plain run itself fails.
@@ -350,9 +404,9 @@ def check(config: Config, task: task_lib.Task | None = None, *, steps: int = 20,
   try:
     save_task(task, root / "task.json")
     runs = _run_all(ways, config, steps, root, main, jobs, config.progress)
-    if isinstance(runs["base"], RunFailed):
+    if isinstance(runs[BASE], RunFailed):
       raise ReproError(f"the task's plain run failed, so nothing can be compared: "
-                       f"{runs['base']}")
+                       f"{runs[BASE]}")
     features = _train_features(task, config)
     rows = compare_pairs(compared, runs, host_callbacks(task, config, features)) + skipped
   finally:
@@ -360,7 +414,7 @@ def check(config: Config, task: task_lib.Task | None = None, *, steps: int = 20,
       shutil.rmtree(root, ignore_errors=True)
   log(f"runs {'kept in ' + str(root) if workdir else 'removed (pass --check_dir to keep them)'}")
   return Report(task_lib.task_name(task), steps, rows, time.perf_counter() - start,
-                sum(1 + bool(w.resume_at) for w in ways))
+                processes(ways))
 
 
 def _run_all(ways: list[Way], config: Config, steps: int, root: Path, main: str | None,
@@ -369,16 +423,17 @@ def _run_all(ways: list[Way], config: Config, steps: int, root: Path, main: str 
   from tqdm import tqdm
   runs = {}
   with concurrent.futures.ThreadPoolExecutor(jobs or os.cpu_count() or 1) as pool:
-    futures = {pool.submit(run_way, w, config, steps, root, root / "task.json", main): w.name
+    futures = {pool.submit(run_way, w, config, steps, root, root / "task.json", main): w
                for w in ways}
-    bar = tqdm(total=len(ways), desc="check runs", unit="run", disable=not progress,
+    bar = tqdm(total=processes(ways), desc="check runs", unit="run", disable=not progress,
                file=sys.stderr)
     for done in concurrent.futures.as_completed(futures):
+      way = futures[done]
       try:
-        runs[futures[done]] = done.result()
+        runs[way.name] = done.result()
       except RunFailed as err:
-        runs[futures[done]] = err
-      bar.update()
+        runs[way.name] = err
+      bar.update(way.processes)
     bar.close()
   return runs
 

@@ -121,22 +121,35 @@ def comparison(step: int | None, what: str = "loss") -> verify.Comparison:
     ("in_process", 1, True, [], False, "a counter that depends on the number of calls"),
     ("chunk", 3, False, [], False, "a nondeterministic op"),
     ("one_cpu", 1, True, [], False, "thread count"),
-    ("micro_n", 2, True, [], False, "a nondeterministic op across devices"),
+    ("micro", 2, True, [], False, "a nondeterministic op across devices"),
     ("gpu_off", 2, True, [], False, "--xla_gpu_deterministic_ops=true"),
 ])
 def test_each_cause_is_named_from_where_the_runs_differ(key, step, first_equal, callbacks, data,
                                                         expected):
-  assert expected in checker.diagnose(key, comparison(step), first_equal, callbacks, data)
+  row = checker.ROWS_BY_NAME[key]
+  assert expected in checker.diagnose(row, comparison(step), first_equal, callbacks, data)
 
 
 def test_a_thread_count_difference_is_a_limit_not_a_failure():
-  rows = [checker.Row(checker.Pair("same run twice", "base", "again"), True),
-          checker.Row(checker.Pair("1 CPU vs all 2", "base", "one_cpu", promised=False), False,
-                      "step 1 (loss)", checker.diagnose("one_cpu", comparison(1), True, [], False))]
+  again, one_cpu = (checker.ROWS_BY_NAME[name] for name in ("again", "one_cpu"))
+  limit = checker.diagnose(one_cpu, comparison(1), True, [], False)
+  rows = [checker.Outcome(checker.Pair(again, "same run twice", "base", "again"), True),
+          checker.Outcome(checker.Pair(one_cpu, "1 CPU vs all 2", "base", "one_cpu"), False,
+                          "step 1 (loss)", limit)]
   report = checker.Report("cnn", 6, rows, 1.0, 3)
   assert report.exit_code == 0 and "different (a limit)" in checker.format_report(report)
   rows[0].equal = False
   assert report.exit_code == 1 and "NOT REPRODUCIBLE here" in checker.format_report(report)
+
+
+def test_the_progress_bar_and_the_report_count_the_same_runs(tmp_path, monkeypatch, capsys):
+  """A way that resumes takes two processes: 8 ways here, 9 runs, in the bar as in the report."""
+  ways, _, _ = checker.plan(Config(batch_size=16), STEPS, cpus=2, platform="cpu")
+  assert (len(ways), checker.processes(ways)) == (8, 9)
+  monkeypatch.setattr(checker, "run_way", lambda way, *_: tmp_path / way.name)
+  runs = checker._run_all(ways, Config(), STEPS, tmp_path, None, jobs=1, progress=True)
+  assert sorted(runs) == sorted(way.name for way in ways)
+  assert "9/9" in capsys.readouterr().err
 
 
 def test_the_host_callbacks_of_a_task_are_found_by_tracing_it():

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 import idx_data
-from repro import ReproError, data
+from repro import ReproError, data, idx
 
 
 def test_gzipped_and_plain_idx_files_read_the_same(tmp_path):
   a = idx_data.write_dataset(tmp_path / "gz", n_train=20, n_test=5, gz=True)
   b = idx_data.write_dataset(tmp_path / "plain", n_train=20, n_test=5, gz=False)
   for split in ("train", "test"):
-    ia, la = data.read_split(data.find_idx_files(a, "fashion_mnist"), split)
-    ib, lb = data.read_split(data.find_idx_files(b, "fashion_mnist"), split)
+    ia, la = idx.read_split(idx.find_idx_files(a, "fashion_mnist"), split)
+    ib, lb = idx.read_split(idx.find_idx_files(b, "fashion_mnist"), split)
     assert ia.shape == ((20 if split == "train" else 5), 28, 28, 1)
     assert np.array_equal(ia, ib) and np.array_equal(la, lb)
 
@@ -33,8 +33,26 @@ def test_load_goes_through_tfds_once_then_reuses_the_prepared_copy(tmp_path):
   assert np.array_equal(first.train_images, again.train_images)
   assert first.train_images.dtype == np.uint8 and first.train_labels.dtype == np.int32
   # Same examples as the IDX files, in TFDS's stored order.
-  images, labels = data.read_split(data.find_idx_files(src, "fashion_mnist"), "train")
+  images, labels = idx.read_split(idx.find_idx_files(src, "fashion_mnist"), "train")
   assert sorted(map(bytes, first.train_images)) == sorted(map(bytes, images))
+
+
+def test_tfds_stores_the_examples_in_an_order_fixed_by_their_index_alone(tmp_path):
+  """What the round trip in repro.data does to the data: a permutation of the IDX index, the
+  same one for other bytes (so it decides every run's bits, and does not depend on them)."""
+
+  def order(seed: int) -> list[int]:
+    src = idx_data.write_dataset(tmp_path / f"idx{seed}", n_train=40, n_test=10, seed=seed)
+    loaded = data.load("fashion_mnist", str(src), str(tmp_path / "tfds"), log=lambda _: None)
+    images, labels = idx.read_split(idx.find_idx_files(src, "fashion_mnist"), "train")
+    index = {image.tobytes(): i for i, image in enumerate(images)}
+    found = [index[image.tobytes()] for image in loaded.train_images]
+    assert np.array_equal(labels[found], loaded.train_labels)
+    return found
+
+  first = order(seed=1)
+  assert sorted(first) == list(range(40)) and first != list(range(40))
+  assert order(seed=2) == first
 
 
 def test_processes_started_together_prepare_the_copy_once(tmp_path):
@@ -87,7 +105,7 @@ def broken(tmp_path):
 def test_malformed_idx_file_is_named_in_a_clear_error(broken, mutate, message):
   d = broken(mutate)
   with pytest.raises(ReproError, match=message) as err:
-    data.read_split(data.find_idx_files(d, "fashion_mnist"), "train")
+    idx.read_split(idx.find_idx_files(d, "fashion_mnist"), "train")
   assert "train-images-idx3-ubyte" in str(err.value)
 
 
@@ -103,19 +121,19 @@ def test_labels_that_do_not_match_the_images_are_refused(tmp_path):
   d = idx_data.write_dataset(tmp_path / "x", n_train=20, n_test=5, gz=False)
   (d / "train-labels-idx1-ubyte").write_bytes(idx_data.idx_bytes(np.zeros(19, np.uint8)))
   with pytest.raises(ReproError, match="20 images but 19 labels"):
-    data.read_split(data.find_idx_files(d, "fashion_mnist"), "train")
+    idx.read_split(idx.find_idx_files(d, "fashion_mnist"), "train")
   (d / "train-labels-idx1-ubyte").write_bytes(idx_data.idx_bytes(np.full(20, 12, np.uint8)))
   with pytest.raises(ReproError, match="has label 12"):
-    data.read_split(data.find_idx_files(d, "fashion_mnist"), "train")
+    idx.read_split(idx.find_idx_files(d, "fashion_mnist"), "train")
 
 
 def test_missing_file_and_missing_directory_say_how_to_fix_it(tmp_path):
   d = idx_data.write_dataset(tmp_path / "m", n_train=20, n_test=5)
   (d / "t10k-labels-idx1-ubyte.gz").unlink()
   with pytest.raises(ReproError, match=r"t10k-labels-idx1-ubyte\[.gz\] is missing"):
-    data.find_idx_files(d, "fashion_mnist")
+    idx.find_idx_files(d, "fashion_mnist")
   with pytest.raises(ReproError, match="apt-get install -y dataset-fashion-mnist"):
-    data.find_idx_files(tmp_path / "nowhere", "fashion_mnist")
+    idx.find_idx_files(tmp_path / "nowhere", "fashion_mnist")
 
 
 def test_fingerprint_covers_bytes_shape_and_dtype():
@@ -130,13 +148,13 @@ def test_fingerprint_covers_bytes_shape_and_dtype():
   assert splits.fingerprint({"image": images, "label": labels.astype(np.int64)}) != base
 
 
-@pytest.mark.skipif(not Path(data.DEFAULT_DATA_DIRS["fashion_mnist"]).is_dir(),
+@pytest.mark.skipif(not Path(idx.DEFAULT_DATA_DIRS["fashion_mnist"]).is_dir(),
                     reason="Debian's dataset-fashion-mnist is not installed")
 def test_real_fashion_mnist_files_from_debian_parse():
-  files = data.find_idx_files(Path(data.DEFAULT_DATA_DIRS["fashion_mnist"]), "fashion_mnist")
-  images, labels = data.read_split(files, "train")
+  files = idx.find_idx_files(Path(idx.DEFAULT_DATA_DIRS["fashion_mnist"]), "fashion_mnist")
+  images, labels = idx.read_split(files, "train")
   assert images.shape == (60000, 28, 28, 1) and labels.shape == (60000,)
-  test_images, _ = data.read_split(files, "test")
+  test_images, _ = idx.read_split(files, "test")
   assert test_images.shape == (10000, 28, 28, 1)
   assert np.bincount(labels).tolist() == [6000] * 10
 
