@@ -29,7 +29,7 @@ from repro.config import Config
 from repro.errors import (CheckpointReadError, CheckpointWriteError, NonFiniteLoss, PeerLost,
                           ReproError, squeezed)
 from repro.identity import DEFAULT_TASK
-from repro.runstate import TEST
+from repro.metrics import TEST
 from repro.stop import EXIT_STOPPED
 
 FLAGS = flags.FLAGS

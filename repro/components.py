@@ -30,7 +30,8 @@ from repro import metrics as metrics_lib
 from repro import optim
 from repro import parallel
 from repro.errors import NonFiniteLoss
-from repro.runstate import TRAIN, VAL, Chunk, RunState, StepInfo
+from repro.metrics import TRAIN, VAL
+from repro.runstate import Chunk, RunState, StepInfo
 
 
 def now() -> str:
@@ -77,7 +78,7 @@ class FiniteGuard:
     bad = np.flatnonzero(~np.isfinite(losses))
     if len(bad):
       what = f"the loss became {losses[bad[0]]} at step {chunk.first + 1 + int(bad[0])}"
-    elif not self.all_finite(state.train):
+    elif not self.all_finite(state.arrays):
       what = f"the model or optimizer state became non-finite by step {state.step}"
     else:
       return
@@ -107,9 +108,9 @@ class Decisions:
     if results is None:
       return state, None, False
     control = control_lib.observe(state.control, self.settings, state.step, results)
-    train = state.train
+    arrays = state.arrays
     if control.lr != state.control.lr:  # the plateau schedule decays from the next step on
-      train = _with_learning_rate(train, control.lr, self.put)
+      arrays = _with_learning_rate(arrays, control.lr, self.put)
       self.log(f"step {state.step}: no improvement of {self.settings.monitor} in "
                f"{self.settings.plateau_patience} evaluations; learning rate -> "
                f"{control.lr:.3g}")
@@ -119,7 +120,7 @@ class Decisions:
                f"{control.best_step}")
     lr = optim.learning_rate(self.config, self.total, state.step, control.lr)
     record = {"step": state.step, **results, "lr": lr}
-    return (state.replace(control=control, train=train), record,
+    return (state.replace(control=control, arrays=arrays), record,
             control_lib.improved(state.control, control))
 
 
@@ -253,7 +254,7 @@ class Checkpointer:
     self.saved_step, self.manifest = saved if saved is not None else (None, None)
 
   def save(self, info: StepInfo) -> None:
-    pure = nnx.to_pure_dict(info.state.train)
+    pure = nnx.to_pure_dict(info.state.arrays)
     cursor, manifest = self.describe(info.state, info.metrics, pure)
     validation = {k: v for k, v in info.metrics.items() if k.startswith(VAL)}
     self.store.save(info.step, pure, cursor, manifest,

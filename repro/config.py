@@ -15,6 +15,7 @@ from typing import Any
 
 from repro.errors import ReproError
 from repro.identity import DEFAULT_TASK
+from repro.metrics import VAL
 
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "plateau")
 
@@ -45,8 +46,13 @@ class Config:
   max_to_keep: int = _field(3, "Checkpoints to keep (>= 1).", min=1)
   max_steps: int | None = _field(None, "Stop after this global step, with a checkpoint there.",
                                  min=1)
-  chunk_steps: int = _field(100, "Steps per compiled scan chunk (speed only; never the bits).",
-                            min=1)
+  chunk_steps: int = _field(100, "Steps per chunk: between two host syncs (speed only; never "
+                            "the bits).", min=1)
+  program: str = _field("scan", "What runs a chunk: 'scan' (one compiled lax.scan of the "
+                        "chunk's steps), 'step' (one compiled step, dispatched per step) or "
+                        "'auto' (step on CPU for a model with a convolution, else scan). The "
+                        "two give different bits; the choice is part of the run's identity.",
+                        choices=("auto", "scan", "step"))
   progress: bool = _field(True, "Show a progress bar.")
   strict: bool = _field(False, "Refuse to resume a checkpoint written with other package "
                         "versions or on another platform (default: warn).")
@@ -103,7 +109,7 @@ class Config:
       raise ReproError(f"learning_rate must be a positive finite number, got {lr!r}")
     if not _is_number(self.plateau_factor) or not 0 < self.plateau_factor < 1:
       raise ReproError(f"plateau_factor must be in (0, 1), got {self.plateau_factor!r}")
-    if not isinstance(self.monitor, str) or not self.monitor.startswith("val_"):
+    if not isinstance(self.monitor, str) or not self.monitor.startswith(VAL):
       raise ReproError(f"--monitor={self.monitor} must name a validation metric: val_loss, "
                        f"val_accuracy, or val_<a metric of the task>")
     if self.schedule == "warmup_cosine" and self.warmup_steps < 1:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from repro.metrics import VAL
+
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
@@ -26,7 +28,7 @@ class Settings:
   def of(cls, config, higher_is_better: tuple[str, ...]) -> "Settings":
     """From a repro.Config and the task's higher_is_better metric names."""
     return cls(monitor=config.monitor,
-               maximize=config.monitor.removeprefix("val_") in higher_is_better,
+               maximize=config.monitor.removeprefix(VAL) in higher_is_better,
                patience=config.patience, plateau=config.schedule == "plateau",
                plateau_patience=config.plateau_patience, plateau_factor=config.plateau_factor,
                learning_rate=config.learning_rate)

@@ -172,6 +172,7 @@ def make_step(graphdef: nnx.GraphDef, task: Task, reduction, keys: dict) -> Call
   def step(state, examples, global_step, trip):
     objects = nnx.merge(graphdef, state)
     model = objects["model"]
+    model.train()  # repro sets the mode: dropout on, batch statistics (the task need not)
     model_def, params, streams, other = nnx.split(model, nnx.Param, nnx.RngState, ...)
     shard = _shard_fn(task, model_def, params, streams, other)
     step_key = rng.step_key(keys, global_step)
@@ -204,35 +205,81 @@ def make_train_chunk(graphdef: nnx.GraphDef, task: Task, *, chunk_steps: int,
   rows = batch_size // (mesh.size if mesh is not None else 1)  # a device's rows, host-fed
 
   def chunk(state, inputs, keys, first_step, num_steps, trip):
-    step = make_step(graphdef, task, reduction, keys)
+    step = _traced(make_step(graphdef, task, reduction, keys))
     if host_fed:
       examples_at = _fed_examples(inputs, rows, mesh)
     else:
       examples_at = _resident_examples(inputs, keys["shuffle"], first_step, chunk_steps,
                                        num_examples, batch_size)
-
-    def one(state, i):
-      idx, examples = examples_at(i)
-      state, loss, metrics = step(state, examples, first_step + i, trip)
-      return state, loss, metrics, idx
-
+    one = lambda state, i: step(state, first_step + i, trip, *examples_at(i))
     return _scan_steps(one, state, num_steps, chunk_steps)
 
-  if mesh is None:
-    compiled = jax.jit(chunk)
-  else:
-    replicated = jax.sharding.PartitionSpec()
-    fed = (jax.sharding.PartitionSpec(None, mesh.axis_names[0]), replicated)
-    compiled = jax.jit(jax.shard_map(
-        chunk, mesh=mesh, in_specs=(replicated, fed if host_fed else replicated) +
-        (replicated,) * 4, out_specs=replicated, check_vma=False),
-        compiler_options=INVARIANT_COMPILER_OPTIONS if micro_shards else None)
+  compiled = _compile(chunk, mesh, micro_shards, host_fed)
 
   def train_chunk(state, inputs, keys, first_step, num_steps):
     return compiled(state, inputs, keys, first_step, num_steps, np.int32(reduction.trip))
 
   train_chunk.cache_size = compiled._cache_size
   return train_chunk
+
+
+def make_train_step(graphdef: nnx.GraphDef, task: Task, *, num_examples: int, batch_size: int,
+                    mesh=None, micro_shards: int = 0, host_fed: bool = False) -> Callable:
+  """A jitted fn(state, inputs, keys, step, index) -> (state, trace of that one step).
+
+  The per-step program: the same step as make_train_chunk's, compiled on its
+  own and dispatched once per step (no host sync between steps). inputs is
+  (the device-resident train split, the permutation of the step's epoch), or
+  with host_fed the chunk's fed (batches, indices), of which the step takes
+  row `index`. The trace holds the step's 'loss', 'batch', 'params' and
+  'metrics'. The state's buffers are donated.
+  """
+  reduction = _reduction(mesh, micro_shards, batch_size)
+  rows = batch_size // (mesh.size if mesh is not None else 1)
+  spe = shuffle.steps_per_epoch(num_examples, batch_size)
+
+  def one(state, inputs, keys, global_step, index, trip):
+    step = _traced(make_step(graphdef, task, reduction, keys))
+    if host_fed:
+      return step(state, global_step, trip, *_fed_examples(inputs, rows, mesh)(index))
+    data, perm = inputs
+    idx = jax.lax.dynamic_slice_in_dim(perm, (global_step % spe) * batch_size, batch_size)
+    return step(state, global_step, trip, idx,
+                lambda start, size: _gather(data, jax.lax.dynamic_slice_in_dim(idx, start, size)))
+
+  compiled = _compile(one, mesh, micro_shards, host_fed, donate=True)
+
+  def train_step(state, inputs, keys, global_step, index):
+    return compiled(state, inputs, keys, global_step, index, np.int32(reduction.trip))
+
+  train_step.cache_size = compiled._cache_size
+  return train_step
+
+
+def _traced(step: Callable) -> Callable:
+  """step(state, examples, global_step, trip) as fn(state, global_step, trip, idx, examples)
+  -> (state, {'loss', 'batch', 'params', 'metrics'}): the step and its trace entry."""
+
+  def traced(state, global_step, trip, idx, examples):
+    state, loss, metrics = step(state, examples, global_step, trip)
+    return state, {"loss": loss, "batch": fingerprint(idx),
+                   "params": fingerprint(state["model"]), "metrics": metrics}
+
+  return traced
+
+
+def _compile(fn: Callable, mesh, micro_shards: int, host_fed: bool, donate: bool = False):
+  """jit(fn(state, inputs, keys, a, b, trip)), data-parallel over `mesh` if there is one."""
+  donated = (0,) if donate else ()
+  if mesh is None:
+    return jax.jit(fn, donate_argnums=donated)
+  replicated = jax.sharding.PartitionSpec()
+  fed = (jax.sharding.PartitionSpec(None, mesh.axis_names[0]), replicated)
+  inputs = fed if host_fed else replicated
+  return jax.jit(jax.shard_map(
+      fn, mesh=mesh, in_specs=(replicated, inputs) + (replicated,) * 4, out_specs=replicated,
+      check_vma=False), donate_argnums=donated,
+      compiler_options=INVARIANT_COMPILER_OPTIONS if micro_shards else None)
 
 
 def _resident_examples(data, shuffle_key, first_step, chunk_steps: int, num_examples: int,
@@ -272,23 +319,17 @@ def _reduction(mesh, micro_shards: int, batch_size: int):
 
 
 def _scan_steps(step: Callable, state, num_steps, chunk_steps: int):
-  """Scans step(state, i) -> (state, loss, metrics, batch indices) over a chunk's steps i.
+  """Scans step(state, i) -> (state, trace entry) over a chunk's steps i.
 
   Steps past num_steps are masked (lax.cond), so one program serves every
   chunk length; the trace holds each step's loss and metrics and the
   fingerprints of its batch and of the model state after it.
   """
-
-  def run(state, i):
-    state, loss, metrics, idx = step(state, i)
-    return state, {"loss": loss, "batch": fingerprint(idx),
-                   "params": fingerprint(state["model"]), "metrics": metrics}
-
-  shapes = jax.eval_shape(run, state, jnp.int32(0))[1]
+  shapes = jax.eval_shape(step, state, jnp.int32(0))[1]
 
   def body(state, i):
     skip = lambda state: (state, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
-    return jax.lax.cond(i < num_steps, lambda s: run(s, i), skip, state)
+    return jax.lax.cond(i < num_steps, lambda s: step(s, i), skip, state)
 
   return jax.lax.scan(body, state, jnp.arange(chunk_steps, dtype=jnp.int32))
 

@@ -41,7 +41,7 @@ BIT_FIELDS = ("seed", "batch_size", "learning_rate", "validation_examples", "sch
 # Bit-deciding fields added by later versions, with the value every checkpoint
 # written without them was trained with. They enter the identity and the
 # default output name only when they differ from it, so older runs keep both.
-ADDED_LATER = {"micro_shards": 0}
+ADDED_LATER = {"micro_shards": 0, "program": "scan"}
 # What an identity without a key means (checkpoints from before the key existed).
 DEFAULTS = {**ADDED_LATER, "task": DEFAULT_TASK_NAME}
 # Fields that decide the bits only in some configurations (see config_fields).

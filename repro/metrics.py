@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+# The prefixes of metric names: validation, test, and the loss's own metrics.
+VAL, TEST, TRAIN = "val_", "test_", "train_"
 FILENAME = "metrics.jsonl"
 TRACE_FILENAME = "trace.jsonl"
 EVENTS_FILENAME = "events.jsonl"

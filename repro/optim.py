@@ -18,6 +18,22 @@ from repro.config import Config
 PLATEAU_PATH = ("optimizer", "opt_state", "hyperparams", "learning_rate")
 
 
+def schedule(config: Config, total_steps: int) -> float | optax.Schedule | None:
+  """config.schedule over a run of total_steps steps: a float for 'constant' (the
+  reference bits), an optax schedule of the step, or None for 'plateau' (its rate
+  lives in the optimizer state)."""
+  lr = config.learning_rate
+  if config.schedule == "constant":
+    return lr
+  if config.schedule == "cosine":
+    return optax.cosine_decay_schedule(lr, decay_steps=total_steps)
+  if config.schedule == "warmup_cosine":
+    return optax.warmup_cosine_decay_schedule(
+        0.0, lr, warmup_steps=config.warmup_steps,
+        decay_steps=max(total_steps, config.warmup_steps + 1))
+  return None
+
+
 def make_tx(config: Config, total_steps: int,
             factory: Callable[..., optax.GradientTransformation] = optax.adam
             ) -> optax.GradientTransformation:
@@ -26,26 +42,15 @@ def make_tx(config: Config, total_steps: int,
   factory is the task's optimizer (Task.optimizer); for 'plateau' it is
   wrapped in optax.inject_hyperparams, so it must take `learning_rate` by name.
   """
-  lr = config.learning_rate
-  if config.schedule == "constant":
-    return factory(lr)  # a plain float: the reference bits
-  if config.schedule == "cosine":
-    return factory(optax.cosine_decay_schedule(lr, decay_steps=total_steps))
-  if config.schedule == "warmup_cosine":
-    return factory(optax.warmup_cosine_decay_schedule(
-        0.0, lr, warmup_steps=config.warmup_steps,
-        decay_steps=max(total_steps, config.warmup_steps + 1)))
-  return optax.inject_hyperparams(factory)(learning_rate=lr)  # plateau
+  rate = schedule(config, total_steps)
+  if rate is None:  # plateau
+    return optax.inject_hyperparams(factory)(learning_rate=config.learning_rate)
+  return factory(rate)
 
 
 def learning_rate(config: Config, total_steps: int, step: int, plateau_lr: float | None) -> float:
   """The learning rate in force at `step` (for logs and plots)."""
-  if config.schedule == "plateau":
+  rate = schedule(config, total_steps)
+  if rate is None:
     return float(plateau_lr)
-  if config.schedule == "constant":
-    return config.learning_rate
-  if config.schedule == "cosine":
-    return float(optax.cosine_decay_schedule(config.learning_rate, total_steps)(step))
-  return float(optax.warmup_cosine_decay_schedule(
-      0.0, config.learning_rate, config.warmup_steps,
-      max(total_steps, config.warmup_steps + 1))(step))
+  return float(rate(step)) if callable(rate) else rate

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from repro.errors import ReproError
+from repro.errors import ReproError, one_line
 
 AXIS = "data"
 
@@ -35,10 +35,9 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
     jax.distributed.initialize(coordinator_address, num_processes, process_id,
                                initialization_timeout=timeout_s)
   except Exception as err:  # jax raises ValueError, RuntimeError or XlaRuntimeError
-    text = " ".join(str(err).split())[:200]
     raise ReproError(
         f"cannot join the distributed run at {where} as process {process_id} of "
-        f"{num_processes} ({type(err).__name__}: {text}): check --coordinator_address, "
+        f"{num_processes} ({one_line(err)}): check --coordinator_address, "
         f"--num_processes and --process_id, and start every process") from None
 
 

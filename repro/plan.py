@@ -28,6 +28,7 @@ from repro import state as state_lib
 from repro import task as task_lib
 from repro.config import Config
 from repro.errors import ReproError
+from repro.metrics import VAL
 from repro.runstate import RunState
 from repro.schedule import Schedule
 
@@ -74,7 +75,7 @@ class Plan:
 
   def fresh(self) -> RunState:
     """The RunState of step 0: the initialised model and optimizer."""
-    return RunState(step=0, train=self.built.state,
+    return RunState(step=0, arrays=self.built.state,
                     control=control_lib.ControlState.from_json(None, self.settings))
 
 
@@ -95,7 +96,7 @@ def make(config: Config, task: task_lib.Task, output: Path, data: splits_lib.Pre
   built = state_lib.build(task, config, keys, schedule.total, mesh)
   eval_names, reported = state_lib.check_task(task, built, data.train.features(),
                                               config.batch_size)
-  monitored = config.monitor.removeprefix("val_")
+  monitored = config.monitor.removeprefix(VAL)
   if data.validation is not None and monitored not in reported:
     raise ReproError(f"--monitor={config.monitor} is not a metric of task "
                      f"{task_lib.task_name(task)}: pass one of " +

@@ -15,7 +15,7 @@ def validation_metric(run_dir: Path, records: list[dict]) -> str | None:
     monitor = json.loads((run_dir / "config.json").read_text()).get("monitor")
   except (OSError, ValueError):
     monitor = None
-  logged = {k for r in records for k in r if k.startswith("val_")}
+  logged = {k for r in records for k in r if k.startswith(metrics.VAL)}
   return next((m for m in (monitor, "val_accuracy", "val_loss") if m in logged), None)
 
 

@@ -11,17 +11,25 @@ lengths never change the bits. close() releases what it holds.
 ScanChunks: one compiled lax.scan of chunk_steps steps, tail masked, over the
 device-resident train split or the chunk's batches fed from the host
 (repro.feed.HostFeed); both give the same bits.
+StepChunks: one compiled step, dispatched once per step of the chunk.
+The two are different compiled code, so they give different bits: the
+program is part of a run's identity (--program; 'auto' is resolved by RULE
+from the task's model and the platform, never by a timing).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Protocol
 
+import jax
 import numpy as np
+from flax import nnx
 
 from repro import core
 from repro import feed as feed_lib
 from repro import parallel
+from repro import shuffle
 
 
 class ChunkProgram(Protocol):
@@ -57,3 +65,68 @@ class ScanChunks:
   def close(self) -> None:
     if self.feed is not None:
       self.feed.close()
+
+
+class StepChunks:
+  """Each step its own compiled program (repro.core.make_train_step), dispatched in turn.
+
+  The host queues the chunk's steps without waiting for any (JAX dispatches
+  asynchronously) and the trainer syncs once, on the chunk's trace. On
+  XLA:CPU this runs convolutions at their full speed: inside a loop body
+  their kernel gradients run far slower (jax-ml/jax#12868, see docs/
+  performance.md). Resident data: each epoch's permutation is computed once,
+  by the same function the scan chunk uses.
+  """
+
+  def __init__(self, plan):
+    config, host_fed = plan.config, plan.config.data_path == "host"
+    n = len(plan.data.train)
+    self.fn = core.make_train_step(
+        plan.built.graphdef, plan.task, num_examples=n, batch_size=config.batch_size,
+        mesh=plan.mesh, micro_shards=config.micro_shards, host_fed=host_fed)
+    self.keys, self.target, self.mesh = plan.keys, plan.schedule.target, plan.mesh
+    self.spe = plan.schedule.steps_per_epoch
+    self.feed = feed_lib.HostFeed(plan.data.train, plan.shuffle_key, config.batch_size,
+                                  config.chunk_steps, plan.mesh) if host_fed else None
+    self.data = None if host_fed else parallel.replicate(plan.data.resident("train"), plan.mesh)
+    self._permutation = jax.jit(functools.partial(shuffle.epoch_permutation, plan.shuffle_key,
+                                                  num_examples=n))
+    self._perms: dict[int, jax.Array] = {}
+
+  def _perm(self, epoch: int) -> jax.Array:
+    if epoch not in self._perms:
+      self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
+      self._perms[epoch] = parallel.replicate(self._permutation(np.int32(epoch)), self.mesh)
+    return self._perms[epoch]
+
+  def __call__(self, train_state, first_step: int, num_steps: int):
+    fed = self.feed.get(first_step) if self.feed is not None else None
+    entries = []
+    for index in range(num_steps):
+      step = first_step + index
+      inputs = fed if fed is not None else (self.data, self._perm(step // self.spe))
+      train_state, entry = self.fn(train_state, inputs, self.keys, np.int32(step),
+                                   np.int32(index))
+      entries.append(entry)
+    if self.feed is not None and first_step + num_steps < self.target:
+      self.feed.prefetch(first_step + num_steps)
+    return train_state, jax.tree.map(lambda *steps: list(steps), *entries)
+
+  def close(self) -> None:
+    if self.feed is not None:
+      self.feed.close()
+
+
+# Which program runs a run's chunks: --program, with 'auto' resolved by RULE.
+PROGRAMS = {"scan": ScanChunks, "step": StepChunks}
+RULE = ("auto: 'step' on CPU when the model holds a convolution (nnx.Conv, nnx.ConvTranspose), "
+        "else 'scan'")
+
+
+def resolve(program: str, model, backend: str) -> str:
+  """The program a run uses: `program`, or for 'auto' RULE's choice (task and platform only)."""
+  if program != "auto":
+    return program
+  convolves = any(isinstance(node, (nnx.Conv, nnx.ConvTranspose))
+                  for _, node in nnx.iter_graph(model))
+  return "step" if backend == "cpu" and convolves else "scan"

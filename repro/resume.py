@@ -40,7 +40,7 @@ def start(store: checkpoint.Store, plan, log: Callable[[str], None]
       identity_lib.check_environment(step, restored.manifest, plan.env, plan.config.strict, log,
                                      topology_invariant=bool(plan.config.micro_shards))
       return RunState(
-          step=int(restored.cursor["step"]), train=state_lib.restore(plan.built, restored.state),
+          step=int(restored.cursor["step"]), arrays=state_lib.restore(plan.built, restored.state),
           control=control_lib.ControlState.from_json(restored.cursor.get("control"),
                                                      plan.settings)), restored.manifest
     aside = store.set_aside(step)

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import jax
+from flax import nnx
 
 from repro import checkpoint
-from repro import components as parts
+from repro import components
 from repro import core
 from repro import environment
 from repro import identity as identity_lib
@@ -31,11 +32,13 @@ from repro import parallel
 from repro import plan as plan_lib
 from repro import programs
 from repro import resume
+from repro import rng
 from repro import splits as splits_lib
 from repro import task as task_lib
 from repro.config import Config
 from repro.errors import CheckpointWriteError, PeerLost, ReproError, squeezed
-from repro.runstate import TEST, VAL, Hook, RunState
+from repro.metrics import TEST, VAL
+from repro.runstate import Hook, RunState
 from repro.stop import StopRequests
 from repro.trainer import Ending, Trainer
 
@@ -113,7 +116,20 @@ def resolve(config: Config, task: task_lib.Task | None = None) -> tuple[Config, 
   if clash:
     raise ReproError(f"task {task_lib.task_name(task)}: option(s) {', '.join(clash)} would "
                      f"mix with repro's own settings: rename them")
-  return config.replace(task_options=task.options()), task
+  return config.replace(task_options=task.options(),
+                        program=_program(config, task)), task
+
+
+def _program(config: Config, task: task_lib.Task) -> str:
+  """config.program, with 'auto' resolved from the task's model and the platform."""
+  if config.program != "auto":
+    return config.program
+  keys = rng.streams(config.seed)
+  model = task_lib.guarded("building the model", task, lambda: nnx.eval_shape(
+      lambda: task.model(rng.init_rngs(keys))))
+  if not isinstance(model, nnx.Module):
+    return "scan"  # repro.state.build says what is wrong with it
+  return programs.resolve(config.program, model, jax.default_backend())
 
 
 def _check_output(config: Config, task: task_lib.Task) -> Path:
@@ -253,7 +269,7 @@ def _train(plan: plan_lib.Plan, requests: StopRequests, hooks: list[Hook],
     if manifest is not None and plan.schedule.finished(state):
       return _complete(plan, state, manifest, store, log)
     _record_start(plan, state, manifest is not None, events, log)
-    checkpoints = parts.Checkpointer(store, functools.partial(manifest_lib.describe, plan),
+    checkpoints = components.Checkpointer(store, functools.partial(manifest_lib.describe, plan),
                                      events, saved=(state.step, manifest) if manifest else None)
     ending = _loop(plan, state, checkpoints, requests, hooks, log)
     store.wait()
@@ -282,32 +298,32 @@ def _record_start(plan: plan_lib.Plan, state: RunState, resumed: bool, events,
   if events is not None:
     (plan.output / "config.json").write_text(plan.config.to_json() + "\n")
     events.append([{"event": "resume" if resumed else "start", "step": state.step,
-                    "time": parts.now()}])
+                    "time": components.now()}])
 
 
-def _loop(plan: plan_lib.Plan, state: RunState, checkpoints: parts.Checkpointer,
+def _loop(plan: plan_lib.Plan, state: RunState, checkpoints: components.Checkpointer,
           requests: StopRequests, hooks: list[Hook], log: Callable[[str], None]) -> Ending:
   """The trainer of this run, wired from its parts, run from `state`."""
   config, data = plan.config, plan.data
-  program = programs.ScanChunks(plan)
-  reporters = parts.Reporters(_reporters(plan, state) if parallel.is_primary() else [])
+  program = programs.PROGRAMS[config.program](plan)
+  reporters = components.Reporters(_reporters(plan, state) if parallel.is_primary() else [])
   all_finite = lambda train: bool(core.all_finite(parallel.on_one_device(train)))
   trainer = Trainer(
       program=program, schedule=plan.schedule,
-      guard=parts.FiniteGuard(all_finite, config.allow_nonfinite,
+      guard=components.FiniteGuard(all_finite, config.allow_nonfinite,
                               checkpoints.store.step_path, log),
-      validate=(lambda s: plan.evaluate(s.train, data.validation, VAL)) if (
+      validate=(lambda s: plan.evaluate(s.arrays, data.validation, VAL)) if (
           data.validation is not None) else None,
-      decide=parts.Decisions(plan.settings, config, plan.schedule.total,
+      decide=components.Decisions(plan.settings, config, plan.schedule.total,
                              lambda x: parallel.replicate(x, plan.mesh), log),
-      test=lambda s: plan.evaluate(s.train, data.test, TEST) if data.test is not None else {},
-      reporters=reporters, checkpoints=checkpoints, signals=parts.StopOnSignal(requests),
+      test=lambda s: plan.evaluate(s.arrays, data.test, TEST) if data.test is not None else {},
+      reporters=reporters, checkpoints=checkpoints, signals=components.StopOnSignal(requests),
       hooks=hooks)
   try:
     ending = trainer.run(state)
     if ending.stop and checkpoints.events is not None:
       checkpoints.events.append([{"event": "stop", "signal": ending.stop,
-                                  "step": ending.state.step, "time": parts.now()}])
+                                  "step": ending.state.step, "time": components.now()}])
   finally:
     program.close()
     reporters.close()
@@ -318,10 +334,10 @@ def _loop(plan: plan_lib.Plan, state: RunState, checkpoints: parts.Checkpointer,
 
 def _reporters(plan: plan_lib.Plan, state: RunState) -> list:
   """metrics.jsonl and trace.jsonl, TensorBoard and the progress bar (process 0 only)."""
-  initial = lambda: core.fingerprint(state.train["model"])
-  return [parts.Logs(plan.output, state.step, initial),
-          parts.TensorBoard(plan.output, state.step),
-          parts.Progress(plan.schedule.target, state.step, plan.schedule.steps_per_epoch,
+  initial = lambda: core.fingerprint(state.arrays["model"])
+  return [components.Logs(plan.output, state.step, initial),
+          components.TensorBoard(plan.output, state.step),
+          components.Progress(plan.schedule.target, state.step, plan.schedule.steps_per_epoch,
                          f"seed {plan.config.seed}", plan.config.progress)]
 
 
@@ -336,7 +352,7 @@ def _complete(plan: plan_lib.Plan, state: RunState, manifest: dict, store: check
                  already_complete=True)
 
 
-def _ended(plan: plan_lib.Plan, ending: Ending, checkpoints: parts.Checkpointer,
+def _ended(plan: plan_lib.Plan, ending: Ending, checkpoints: components.Checkpointer,
            resumed_from: int | bool, log: Callable[[str], None]) -> Result:
   """The Result of this invocation's training, and a line if a signal stopped it."""
   saved = checkpoints.saved_step

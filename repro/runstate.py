@@ -10,11 +10,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
+
 from repro import parallel
 from repro.control import ControlState
-
-# The prefixes of evaluation metrics: validation, test, and the loss's own metrics.
-VAL, TEST, TRAIN = "val_", "test_", "train_"
+from repro.metrics import TEST, VAL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,12 +23,12 @@ class RunState:
 
   Attributes:
     step: global steps done; the data order is a function of it alone.
-    train: the nnx.State of {'model', 'optimizer'} on the run's device(s).
+    arrays: the nnx.State of {'model', 'optimizer'} on the run's device(s).
     control: the decisions taken on evaluations (best, early stop, plateau).
   """
 
   step: int
-  train: Any
+  arrays: Any
   control: ControlState
 
   def replace(self, **changes: Any) -> "RunState":
@@ -40,7 +40,9 @@ class Chunk:
   """The steps first+1 .. last that one chunk ran, and their trace on the host.
 
   trace: 'loss', 'batch' and 'params' (per-step values and fingerprints) and
-  'metrics' ({name: per-step values}), cut to the steps that ran.
+  'metrics' ({name: per-step values}), cut to the steps that ran. A program
+  gives each as one array over the chunk's steps, or as a list of per-step
+  values.
   """
 
   first: int
@@ -51,7 +53,8 @@ class Chunk:
   def of(cls, first: int, last: int, device_trace: dict) -> "Chunk":
     """The chunk's trace brought to the host: its one host sync."""
     n, host = last - first, parallel.to_host_tree(device_trace)
-    trace = {k: ({m: x[:n] for m, x in v.items()} if k == "metrics" else v[:n])
+    cut = lambda x: np.stack(x[:n]) if isinstance(x, list) else x[:n]  # per-step entries
+    trace = {k: ({m: cut(x) for m, x in v.items()} if k == "metrics" else cut(v))
              for k, v in host.items()}
     return cls(first=first, last=last, trace=trace)
 

@@ -86,6 +86,7 @@ def check_task(task: Task, built: Built, features: dict, batch_size: int
 
   def loss_probe(state, batch):
     model = nnx.merge(built.graphdef, state)["model"]
+    model.train()
     return unpack_loss(task.loss(model, batch))
 
   def eval_probe(state, batch):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from repro import idx
-from repro.errors import ReproError
+from repro.errors import ReproError, squeezed
 
 BUILDER_VERSION = "1.0.0"
 FILE_FORMAT = "array_record"  # random access: what tfds.data_source and repro.source.TFDS read
@@ -108,7 +108,7 @@ def read_examples(builder, split: str) -> dict[str, np.ndarray]:
 
 def _tfds_error(err: Exception) -> str:
   """TFDS's own words for an error, on one line."""
-  return f"{type(err).__name__}: {' '.join(str(err).split())[:160]}"
+  return f"{type(err).__name__}: {squeezed(err)}"
 
 
 def tfds_builder(name: str, data_dir: str | None = None):

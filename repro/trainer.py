@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Sequence
 
-from repro import components as parts
+from repro import components
 from repro.runstate import Chunk, Hook, RunState, StepInfo
 from repro.schedule import Schedule
 
@@ -48,13 +48,13 @@ class Trainer:
 
   program: Callable
   schedule: Schedule
-  guard: parts.FiniteGuard
+  guard: components.FiniteGuard
   validate: Callable | None
-  decide: parts.Decisions
+  decide: components.Decisions
   test: Callable
-  reporters: parts.Reporters
-  checkpoints: parts.Checkpointer
-  signals: parts.StopOnSignal
+  reporters: components.Reporters
+  checkpoints: components.Checkpointer
+  signals: components.StopOnSignal
   hooks: Sequence[Hook] = ()
 
   def run(self, state: RunState) -> Ending:
@@ -72,9 +72,9 @@ class Trainer:
   def boundary(self, state: RunState) -> StepInfo:
     """One chunk from state.step, then the phases of the boundary after it."""
     first, last = state.step, self.schedule.next_boundary(state.step)
-    train, trace = self.program(state.train, first, last - first)   # run a chunk
+    arrays, trace = self.program(state.arrays, first, last - first)  # run a chunk
     chunk = Chunk.of(first, last, trace)                              # its one host sync
-    state = state.replace(step=last, train=train)
+    state = state.replace(step=last, arrays=arrays)
     self.guard.check(chunk, state, self.checkpoints.saved_step)       # finite, or stop here
     due = self.validate is not None and self.schedule.evaluates(last)
     state, evaluation, improved = self.decide(state, self.validate(state) if due else None)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from repro import components as parts
+from repro import components
 from repro import control
 from repro.config import Config
 from repro.runstate import Chunk, Hook, RunState, StepInfo
@@ -29,7 +29,7 @@ def fake_chunk(calls: list):
 
 
 def run_state(step=0, **control_values) -> RunState:
-  return RunState(step=step, train=step, control=control.ControlState(**control_values))
+  return RunState(step=step, arrays=step, control=control.ControlState(**control_values))
 
 
 def info_after(first: int, last: int, **fields) -> StepInfo:
@@ -70,10 +70,10 @@ def trainer(log: list, calls: list, schedule: Schedule, stop_at=None, validate=N
   recorder = Recorder(log, "report", stop_at)
   no_decisions = lambda state, results: (state, results, False)
   return Trainer(program=fake_chunk(calls), schedule=schedule,
-                 guard=parts.FiniteGuard(lambda _: True, False, str, log.append),
+                 guard=components.FiniteGuard(lambda _: True, False, str, log.append),
                  validate=validate, decide=decide or no_decisions,
                  test=lambda state: {"test_loss": 0.5},
-                 reporters=parts.Reporters([recorder]), checkpoints=recorder,
+                 reporters=components.Reporters([recorder]), checkpoints=recorder,
                  signals=recorder, hooks=hooks if hooks is not None else [Recorder(log, "hook")])
 
 
@@ -99,7 +99,7 @@ def test_the_phases_act_in_the_order_of_the_code_at_every_boundary():
   assert calls == [(0, 4), (4, 4)]
   assert log == [("report", 4), ("sync", None), ("save", 4), ("hook", 4),
                  ("report", 8), ("sync", None), ("save", 8), ("hook", 8)]
-  assert ending.state.step == ending.state.train == 8 and ending.stop is None
+  assert ending.state.step == ending.state.arrays == 8 and ending.stop is None
   assert ending.last.test == {"test_loss": 0.5} and ending.last.metrics["loss"] == 1 / 8
 
 
@@ -125,7 +125,7 @@ def test_nothing_runs_at_the_target_or_after_an_early_stop():
 
 def validation_run(config: Config, results: list[dict], log: list):
   settings = control.Settings.of(config, ("accuracy",))
-  decide = parts.Decisions(settings, config, total_steps=100, put=lambda x: x, log=log.append)
+  decide = components.Decisions(settings, config, total_steps=100, put=lambda x: x, log=log.append)
   validate = lambda state: {f"val_{k}": v for k, v in results.pop(0).items()}
   schedule = Schedule.of(config.replace(max_steps=100), 10, validates=True)
   return decide, validate, schedule
@@ -158,7 +158,7 @@ def test_decisions_without_a_result_change_nothing():
 
 
 def test_the_finite_guard_names_the_step_and_the_last_finite_checkpoint():
-  guard = parts.FiniteGuard(lambda train: False, False, lambda step: f"/run/{step}",
+  guard = components.FiniteGuard(lambda train: False, False, lambda step: f"/run/{step}",
                             lambda _: None)
   finite = info_after(0, 8)
   with pytest.raises(Exception, match=r"state became non-finite by step 8: stopped, nothing "
@@ -170,7 +170,7 @@ def test_the_finite_guard_names_the_step_and_the_last_finite_checkpoint():
   with pytest.raises(Exception, match=r"the loss became nan at step 3: .*no checkpoint"):
     guard.check(nan, finite.state, None)
   warned = []
-  allowing = parts.FiniteGuard(lambda train: False, True, str, warned.append)
+  allowing = components.FiniteGuard(lambda train: False, True, str, warned.append)
   allowing.check(nan, finite.state, None)
   allowing.check(nan, finite.state, None)
   assert warned == ["warning: the loss became nan at step 3; training on (--allow_nonfinite)"]
@@ -181,7 +181,7 @@ def test_stop_on_signal_reports_the_signal_once_asked():
     signal_name = None
 
   requests = Requests()
-  signals = parts.StopOnSignal(requests)
+  signals = components.StopOnSignal(requests)
   assert signals.poll() is None
   requests.signal_name = "SIGINT"
   assert signals.poll() == "SIGINT"
@@ -196,9 +196,9 @@ class FakeStore:
 
 
 def test_checkpointer_saves_the_run_state_with_its_validation_metrics(monkeypatch):
-  monkeypatch.setattr(parts.nnx, "to_pure_dict", lambda state: {"state": state})
+  monkeypatch.setattr(components.nnx, "to_pure_dict", lambda state: {"state": state})
   store = FakeStore()
-  checkpoints = parts.Checkpointer(store, lambda state, metrics, pure: (
+  checkpoints = components.Checkpointer(store, lambda state, metrics, pure: (
       {"step": state.step}, {"metrics": metrics}), events=None, saved=(2, {"m": 1}))
   assert checkpoints.saved_step == 2
   checkpoints.save(info_after(2, 5))
@@ -211,7 +211,7 @@ def test_checkpointer_saves_the_run_state_with_its_validation_metrics(monkeypatc
 
 def test_logs_write_every_step_and_the_evaluations_and_cut_back_on_resume(tmp_path):
   initial = lambda: np.uint32(7)
-  logs = parts.Logs(tmp_path, 0, initial)
+  logs = components.Logs(tmp_path, 0, initial)
   logs.write(info_after(0, 4, evaluation={"step": 4, "val_loss": 0.25, "lr": 0.001}))
   logs.sync()
   logs.close()
@@ -220,13 +220,13 @@ def test_logs_write_every_step_and_the_evaluations_and_cut_back_on_resume(tmp_pa
   assert lines[-1] == {"step": 4, "val_loss": 0.25, "lr": 0.001}
   trace_lines = (tmp_path / "trace.jsonl").read_text().splitlines()
   assert json.loads(trace_lines[0]) == {"step": 0, "params": "00000007"}
-  parts.Logs(tmp_path, 2, initial).close()  # a resume from step 2
+  components.Logs(tmp_path, 2, initial).close()  # a resume from step 2
   kept = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert kept == [1, 2]
 
 
 def test_progress_counts_the_steps_of_each_chunk_and_shows_ms_a_step():
-  progress = parts.Progress(target=10, step=2, steps_per_epoch=5, label="seed 0", enabled=True)
+  progress = components.Progress(target=10, step=2, steps_per_epoch=5, label="seed 0", enabled=True)
   progress.write(info_after(2, 6))
   assert progress.bar.n == 6 and math.isclose(info_after(2, 6).loss, 1 / 6)
   assert "ms_step" in progress.bar.postfix
