@@ -1,4 +1,4 @@
-"""README.md's "Your own model" example runs as written, from Python and from bin/train."""
+"""docs/your-own-model.md's complete task runs as written, from Python and from bin/train."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def own_model_section() -> str:
-  readme = (ROOT / "README.md").read_text()
-  return readme[readme.index("## Your own model"):readme.index("## Example tasks")]
+  """docs/your-own-model.md's complete task (sine.py) and the bin/train command for it."""
+  text = (ROOT / "docs" / "your-own-model.md").read_text()
+  return text[text.index("## A complete task"):text.index("## What else a task may give")]
 
 
 def test_the_smallest_task_runs_from_python_and_bin_train_with_the_same_bits(tmp_path):
