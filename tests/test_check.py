@@ -162,11 +162,11 @@ def test_the_host_callbacks_of_a_task_are_found_by_tracing_it():
 
 
 def test_a_task_defined_in_the_calling_script_is_checked(tmp_path):
-  """The README's Sine task, defined in __main__ of the script that calls repro.check: each
+  """The docs' Sine task, defined in __main__ of the script that calls repro.check: each
   run loads the script as a module (its main block does not run again)."""
-  import test_readme
+  import test_docs
   import re
-  code = re.search(r"```python\n(.*?)\n```", test_readme.own_model_section(), re.S).group(1)
+  code = re.search(r"```python\n(.*?)\n```", test_docs.own_model_section(), re.S).group(1)
   code = code[:code.index('if __name__ == "__main__":')] + (
       'if __name__ == "__main__":\n'
       '  import sys\n'
