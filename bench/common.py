@@ -1,7 +1,7 @@
 """What every benchmark measures the same way, for any repro.Task.
 
-measure_ours: repro's scan chunks over the device-resident train split, as
-run() builds them (one host sync per chunk). measure_loop: the source
+measure_ours: repro's chunk program over the train split, as run() builds
+it (one host sync per chunk). measure_loop: the source
 article's design, a per-step jitted step over host batches in the same order,
 with the loss read back every step for a progress bar. best_of: alternating
 rounds, the fastest of each contender kept, so a noisy neighbour slows one
@@ -18,12 +18,12 @@ import jax
 import numpy as np
 from flax import nnx
 
-from repro import Config, parallel, rng, shuffle
-from repro import state as state_lib
-from repro import core
-from repro.feed import HostFeed
+from repro import Config, parallel, programs, rng, runner, shuffle
+from repro import plan as plan_lib
+from repro import splits as splits_lib
+from repro import task as task_lib
 from repro.source import Arrays, Source
-from repro.task import Task, unpack_loss
+from repro.task import Splits, Task, unpack_loss
 
 
 def timed(fn: Callable, *args):
@@ -34,50 +34,36 @@ def timed(fn: Callable, *args):
 
 def measure_ours(task: Task, train_split, batch: int, chunk_steps: int = 100,
                  devices: int = 1, micro_shards: int = 0, steps: int | None = None,
-                 host_fed: bool = False) -> dict:
+                 host_fed: bool = False, program: str = "auto") -> dict:
   """One epoch (or `steps` steps) of run()'s chunks, after a first, compiling chunk.
 
-  train_split: a dict of arrays or a repro.source.Source. host_fed: the chunks
-  are fed from the host (repro.feed.HostFeed, one chunk prefetched), as run()
-  does with --data_path=host; otherwise the split is put on the devices.
+  The chunk program is the one run() builds (repro.programs; 'auto' resolved
+  as run() resolves it), over the device-resident split or, with host_fed,
+  fed from the host (repro.feed.HostFeed, one chunk prefetched). One host
+  sync per chunk, as run() does. train_split: a dict of arrays or a
+  repro.source.Source.
   """
-  keys = rng.streams(0)
   source = train_split if isinstance(train_split, Source) else Arrays(train_split)
-  n = len(source)
   mesh = parallel.make_mesh(devices, micro_shards, batch)
-  built = state_lib.build(task, Config(batch_size=batch), keys, 10**6, mesh)
-  chunk = core.make_train_chunk(built.graphdef, task, chunk_steps=chunk_steps, num_examples=n,
-                                 batch_size=batch, mesh=mesh, micro_shards=micro_shards,
-                                 host_fed=host_fed)
-  inputs = _inputs(source, keys["shuffle"], batch, chunk_steps, mesh, host_fed)
-  keys = parallel.replicate(keys, mesh)
-  steps = steps or shuffle.steps_per_epoch(n, batch)
-  compile_s, (state, _) = timed(chunk, built.state, inputs(0, chunk_steps), keys, np.int32(0),
-                                np.int32(chunk_steps))
+  config = Config(batch_size=batch, chunk_steps=chunk_steps, micro_shards=micro_shards,
+                  program=program, data_path="host" if host_fed else "device", epochs=10**4)
+  config, task = runner.resolve(config, task)
+  prepared = splits_lib.prepare(Splits(train=source), task_lib.task_name(task), 0, batch)
+  plan = plan_lib.make(config, task, Path("/nonexistent"), prepared, mesh)
+  chunk = programs.PROGRAMS[config.program](plan)
+  steps = steps or shuffle.steps_per_epoch(len(source), batch)
+  compile_s, (state, _) = timed(chunk, plan.built.state, 0, chunk_steps)
   start, step = time.perf_counter(), chunk_steps
   while step < chunk_steps + steps:
     stop = min(step + chunk_steps, chunk_steps + steps)
-    state, trace = chunk(state, inputs(step, stop), keys, np.int32(step), np.int32(stop - step))
-    np.asarray(trace["loss"])  # the one host sync per chunk, as run() does
+    state, trace = chunk(state, step, stop - step)
+    parallel.to_host_tree(trace["loss"])  # the one host sync per chunk, as run() does
     step = stop
   epoch_s = time.perf_counter() - start
+  chunk.close()
   return {"epoch_s": epoch_s, "steps": steps, "step_ms": 1000 * epoch_s / steps,
-          "compile_and_first_chunk_s": compile_s, "state": state, "graphdef": built.graphdef}
-
-
-def _inputs(source: Source, shuffle_key, batch: int, chunk_steps: int, mesh, host_fed: bool):
-  """inputs(step, next step) -> the chunk's inputs, as run() gives them on each path."""
-  if not host_fed:
-    resident = parallel.replicate(source.gather(np.arange(len(source))), mesh)
-    return lambda step, following: resident
-  feed = HostFeed(source, shuffle_key, batch, chunk_steps, mesh)
-
-  def inputs(step, following):
-    got = feed.get(step)
-    feed.prefetch(following)  # gathered while the devices compute this chunk
-    return got
-
-  return inputs
+          "program": config.program, "compile_and_first_chunk_s": compile_s, "state": state,
+          "graphdef": plan.built.graphdef}
 
 
 def measure_loop(task: Task, train_split: dict, batch: int) -> dict:

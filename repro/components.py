@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -197,19 +196,50 @@ class TensorBoard:
     self.writer.close()
 
 
+class Timings:
+  """timings.jsonl: each chunk's wall time on the host (never cut back: a history).
+
+  The first chunk of an invocation includes compiling its program. Kept out of
+  metrics.jsonl, which must be equal line for line between a resumed and an
+  uninterrupted run.
+  """
+
+  def __init__(self, output: Path):
+    self.log = metrics_lib.MetricsLog(output / metrics_lib.TIMINGS_FILENAME, None)
+    self.chunks = []
+
+  def write(self, info: StepInfo) -> None:
+    steps, took = len(info.chunk.steps), info.chunk.seconds
+    self.chunks.append((steps, took))
+    self.log.append([{"step": info.step, "steps": steps, "seconds": round(took, 6),
+                      "ms_step": round(1000 * took / steps, 3), "first": len(self.chunks) == 1,
+                      "time": now()}])
+
+  def ms_step(self) -> float | None:
+    """Mean ms a step of this invocation's chunks after the first (which compiles)."""
+    later = self.chunks[1:] or self.chunks
+    steps = sum(n for n, _ in later)
+    return 1000 * sum(t for _, t in later) / steps if steps else None
+
+  def sync(self) -> None:
+    self.log.sync()
+
+  def close(self) -> None:
+    self.log.close()
+
+
 class Progress:
   """A tqdm bar on stderr: step, epoch, loss and the last chunk's ms a step."""
 
   def __init__(self, target: int, step: int, steps_per_epoch: int, label: str, enabled: bool):
-    self.spe, self.since = steps_per_epoch, time.perf_counter()
+    self.spe = steps_per_epoch
     self.bar = tqdm(total=target, initial=step, unit="step", disable=not enabled,
                     desc=label + (f" (resumed at {step})" if step else ""), file=sys.stderr,
                     dynamic_ncols=True)
 
   def write(self, info: StepInfo) -> None:
-    took, self.since = time.perf_counter() - self.since, time.perf_counter()
     self.bar.set_postfix(loss=f"{info.loss:.4f}", epoch=info.step // self.spe,
-                         ms_step=f"{1000 * took / max(1, len(info.chunk.steps)):.1f}",
+                         ms_step=f"{1000 * info.chunk.seconds / len(info.chunk.steps):.1f}",
                          refresh=False)
     self.bar.update(len(info.chunk.steps))
 

@@ -48,7 +48,7 @@ class Config:
                                  min=1)
   chunk_steps: int = _field(100, "Steps per chunk: between two host syncs (speed only; never "
                             "the bits).", min=1)
-  program: str = _field("scan", "What runs a chunk: 'scan' (one compiled lax.scan of the "
+  program: str = _field("auto", "What runs a chunk: 'scan' (one compiled lax.scan of the "
                         "chunk's steps), 'step' (one compiled step, dispatched per step) or "
                         "'auto' (step on CPU for a model with a convolution, else scan). The "
                         "two give different bits; the choice is part of the run's identity.",

@@ -232,7 +232,9 @@ def make_train_step(graphdef: nnx.GraphDef, task: Task, *, num_examples: int, ba
   (the device-resident train split, the permutation of the step's epoch), or
   with host_fed the chunk's fed (batches, indices), of which the step takes
   row `index`. The trace holds the step's 'loss', 'batch', 'params' and
-  'metrics'. The state's buffers are donated.
+  'metrics'. The state's buffers are not donated: on CPU, Orbax's async save
+  may still read a checkpoint's arrays through zero-copy host views while the
+  next steps run.
   """
   reduction = _reduction(mesh, micro_shards, batch_size)
   rows = batch_size // (mesh.size if mesh is not None else 1)
@@ -247,7 +249,7 @@ def make_train_step(graphdef: nnx.GraphDef, task: Task, *, num_examples: int, ba
     return step(state, global_step, trip, idx,
                 lambda start, size: _gather(data, jax.lax.dynamic_slice_in_dim(idx, start, size)))
 
-  compiled = _compile(one, mesh, micro_shards, host_fed, donate=True)
+  compiled = _compile(one, mesh, micro_shards, host_fed)
 
   def train_step(state, inputs, keys, global_step, index):
     return compiled(state, inputs, keys, global_step, index, np.int32(reduction.trip))
@@ -268,17 +270,16 @@ def _traced(step: Callable) -> Callable:
   return traced
 
 
-def _compile(fn: Callable, mesh, micro_shards: int, host_fed: bool, donate: bool = False):
+def _compile(fn: Callable, mesh, micro_shards: int, host_fed: bool):
   """jit(fn(state, inputs, keys, a, b, trip)), data-parallel over `mesh` if there is one."""
-  donated = (0,) if donate else ()
   if mesh is None:
-    return jax.jit(fn, donate_argnums=donated)
+    return jax.jit(fn)
   replicated = jax.sharding.PartitionSpec()
   fed = (jax.sharding.PartitionSpec(None, mesh.axis_names[0]), replicated)
   inputs = fed if host_fed else replicated
   return jax.jit(jax.shard_map(
       fn, mesh=mesh, in_specs=(replicated, inputs) + (replicated,) * 4, out_specs=replicated,
-      check_vma=False), donate_argnums=donated,
+      check_vma=False),
       compiler_options=INVARIANT_COMPILER_OPTIONS if micro_shards else None)
 
 

@@ -8,6 +8,8 @@ trace.jsonl    {"step", "loss", "batch", "params"}: fingerprints of the batch
                step where two runs diverge from them.
 events.jsonl   the run's history, never cut back: start, resume, checkpoint
                and stop events (bin/plot marks them).
+timings.jsonl  each chunk's wall time and ms a step, never cut back (speed
+               only: it is the one log that differs between equal runs).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ VAL, TEST, TRAIN = "val_", "test_", "train_"
 FILENAME = "metrics.jsonl"
 TRACE_FILENAME = "trace.jsonl"
 EVENTS_FILENAME = "events.jsonl"
+TIMINGS_FILENAME = "timings.jsonl"
 
 
 def read(path: Path) -> list[dict]:

@@ -34,6 +34,7 @@ from repro import programs
 from repro import resume
 from repro import rng
 from repro import splits as splits_lib
+from repro import state as state_lib
 from repro import task as task_lib
 from repro.config import Config
 from repro.errors import CheckpointWriteError, PeerLost, ReproError, squeezed
@@ -45,7 +46,7 @@ from repro.trainer import Ending, Trainer
 # What a run directory may hold; anything else means --output points at
 # somebody else's files, which a run must not mix itself into.
 _OURS = re.compile(r"^(\d+|\d+\.orbax-checkpoint-tmp.*|corrupt-\d+(-\d+)?|config\.json|"
-                   r"(metrics|trace|events)\.jsonl(\.tmp)?|tensorboard|\.repro\.lock)$")
+                   r"(metrics|trace|events|timings)\.jsonl(\.tmp)?|tensorboard|\.repro\.lock)$")
 # What a failed collective of a multi-process run says when a peer is gone
 # (gloo's and the coordination service's words), as opposed to, say, running
 # out of memory.
@@ -75,6 +76,8 @@ class Result:
     best_step: the step of the best validation result (config.monitor), whose
       checkpoint is kept; None without validation.
     best_value: that result.
+    ms_step: mean wall time of a step in this invocation, after its first
+      (compiling) chunk; None if nothing was trained (speed only, never bits).
   """
 
   step: int
@@ -89,6 +92,7 @@ class Result:
   stopped_early: bool = False
   best_step: int | None = None
   best_value: float | None = None
+  ms_step: float | None = None
 
   @property
   def test_accuracy(self) -> float:
@@ -124,9 +128,7 @@ def _program(config: Config, task: task_lib.Task) -> str:
   """config.program, with 'auto' resolved from the task's model and the platform."""
   if config.program != "auto":
     return config.program
-  keys = rng.streams(config.seed)
-  model = task_lib.guarded("building the model", task, lambda: nnx.eval_shape(
-      lambda: task.model(rng.init_rngs(keys))))
+  model = state_lib.abstract_model(task, rng.streams(config.seed))
   if not isinstance(model, nnx.Module):
     return "scan"  # repro.state.build says what is wrong with it
   return programs.resolve(config.program, model, jax.default_backend())
@@ -306,7 +308,8 @@ def _loop(plan: plan_lib.Plan, state: RunState, checkpoints: components.Checkpoi
   """The trainer of this run, wired from its parts, run from `state`."""
   config, data = plan.config, plan.data
   program = programs.PROGRAMS[config.program](plan)
-  reporters = components.Reporters(_reporters(plan, state) if parallel.is_primary() else [])
+  timings = components.Timings(plan.output) if parallel.is_primary() else None
+  reporters = components.Reporters(_reporters(plan, state) + [timings] if timings else [])
   all_finite = lambda train: bool(core.all_finite(parallel.on_one_device(train)))
   trainer = Trainer(
       program=program, schedule=plan.schedule,
@@ -329,7 +332,7 @@ def _loop(plan: plan_lib.Plan, state: RunState, checkpoints: components.Checkpoi
     reporters.close()
     for hook in hooks:
       hook.close()
-  return ending
+  return dataclasses.replace(ending, ms_step=timings.ms_step() if timings else None)
 
 
 def _reporters(plan: plan_lib.Plan, state: RunState) -> list:
@@ -367,7 +370,7 @@ def _ended(plan: plan_lib.Plan, ending: Ending, checkpoints: components.Checkpoi
   return _result(plan, ending.state, metrics_now, path,
                  (checkpoints.manifest or {}).get("state_digest", ""),
                  resumed_from=None if resumed_from is False else resumed_from,
-                 already_complete=False, stopped_by=ending.stop)
+                 already_complete=False, stopped_by=ending.stop, ms_step=ending.ms_step)
 
 
 def _result(plan: plan_lib.Plan, state: RunState, values: dict, checkpoint_path: str,

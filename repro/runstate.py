@@ -8,6 +8,7 @@ read-only to the user's hooks (repro.Hook).
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 import numpy as np
@@ -48,15 +49,18 @@ class Chunk:
   first: int
   last: int
   trace: dict
+  seconds: float = 0.0  # from its dispatch to its trace on the host (speed only)
 
   @classmethod
-  def of(cls, first: int, last: int, device_trace: dict) -> "Chunk":
-    """The chunk's trace brought to the host: its one host sync."""
+  def of(cls, first: int, last: int, device_trace: dict, started: float = 0.0) -> "Chunk":
+    """The chunk's trace brought to the host: its one host sync. started: perf_counter()
+    when it was dispatched."""
     n, host = last - first, parallel.to_host_tree(device_trace)
     cut = lambda x: np.stack(x[:n]) if isinstance(x, list) else x[:n]  # per-step entries
     trace = {k: ({m: cut(x) for m, x in v.items()} if k == "metrics" else cut(v))
              for k, v in host.items()}
-    return cls(first=first, last=last, trace=trace)
+    return cls(first=first, last=last, trace=trace,
+               seconds=time.perf_counter() - started if started else 0.0)
 
   @property
   def losses(self) -> list[float]:

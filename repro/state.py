@@ -40,6 +40,19 @@ class Built:
   module_streams: bool
 
 
+def abstract_model(task: Task, keys: dict) -> nnx.Module:
+  """The task's model built under nnx.eval_shape (shapes only); one line if that fails.
+
+  A model() that only works eagerly (say, one that restores weights from a file)
+  fails here, as one line naming the task.
+  """
+  return guarded(_ABSTRACT, task, lambda: nnx.eval_shape(lambda: task.model(
+      rng.init_rngs(keys))))
+
+
+_ABSTRACT = "building the model (traced, under nnx.eval_shape)"
+
+
 def build(task: Task, config, keys: dict, total_steps: int, mesh) -> Built:
   """Initialises the task's model and optimizer from the 'params' key stream."""
   tx = guarded("building the optimizer", task,
@@ -54,7 +67,7 @@ def build(task: Task, config, keys: dict, total_steps: int, mesh) -> Built:
 
   objects = guarded("building the model", task, create)
   graphdef, state = nnx.split(objects)
-  _, abstract = nnx.split(nnx.eval_shape(create))
+  _, abstract = nnx.split(guarded(_ABSTRACT, task, lambda: nnx.eval_shape(create)))
   return Built(graphdef=graphdef, state=parallel.replicate(state, mesh), objects=objects,
                abstract=abstract, template=parallel.abstract(nnx.to_pure_dict(abstract), mesh),
                module_streams=rng.has_streams(objects["model"]))

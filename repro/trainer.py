@@ -13,6 +13,7 @@ part that computes; the rest acts on the host.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Callable, Sequence
 
 from repro import components
@@ -22,11 +23,12 @@ from repro.schedule import Schedule
 
 @dataclasses.dataclass(frozen=True)
 class Ending:
-  """How the loop ended: the final state, the last boundary and a stop's signal."""
+  """How the loop ended: the final state, the last boundary, a stop's signal, the speed."""
 
   state: RunState
   last: StepInfo | None
   stop: str | None
+  ms_step: float | None = None
 
 
 @dataclasses.dataclass
@@ -72,8 +74,9 @@ class Trainer:
   def boundary(self, state: RunState) -> StepInfo:
     """One chunk from state.step, then the phases of the boundary after it."""
     first, last = state.step, self.schedule.next_boundary(state.step)
+    started = time.perf_counter()
     arrays, trace = self.program(state.arrays, first, last - first)  # run a chunk
-    chunk = Chunk.of(first, last, trace)                              # its one host sync
+    chunk = Chunk.of(first, last, trace, started)                     # its one host sync
     state = state.replace(step=last, arrays=arrays)
     self.guard.check(chunk, state, self.checkpoints.saved_step)       # finite, or stop here
     due = self.validate is not None and self.schedule.evaluates(last)

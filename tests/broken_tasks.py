@@ -41,6 +41,16 @@ class RaisesInModel(Fine):
     raise ValueError("width 0 is not a width")
 
 
+class EagerOnlyModel(Fine):
+  """Its model() reads concrete values (as one that restores weights from a file with
+  Orbax does): it works eagerly, and fails when repro builds it again inside eval_shape."""
+
+  def model(self, rngs):
+    model = Linear(rngs)
+    float(model.layer.kernel[0, 0])  # a tracer under nnx.eval_shape
+    return model
+
+
 class RaisesInData(Fine):
   def data(self):
     return open("/nonexistent/train.npy", "rb")

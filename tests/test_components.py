@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -231,3 +232,15 @@ def test_progress_counts_the_steps_of_each_chunk_and_shows_ms_a_step():
   assert progress.bar.n == 6 and math.isclose(info_after(2, 6).loss, 1 / 6)
   assert "ms_step" in progress.bar.postfix
   progress.close()
+
+
+def test_timings_log_each_chunks_wall_time_and_the_mean_after_the_first(tmp_path):
+  timings = components.Timings(tmp_path)
+  for first, last, seconds in ((0, 4, 2.0), (4, 8, 0.4), (8, 10, 0.1)):
+    chunk = dataclasses.replace(info_after(first, last).chunk, seconds=seconds)
+    timings.write(StepInfo(state=run_state(last), chunk=chunk))
+  timings.close()
+  lines = [json.loads(x) for x in (tmp_path / "timings.jsonl").read_text().splitlines()]
+  assert [(r["step"], r["steps"], r["ms_step"], r["first"]) for r in lines] == [
+      (4, 4, 500.0, True), (8, 4, 100.0, False), (10, 2, 50.0, False)]
+  assert math.isclose(timings.ms_step(), 1000 * 0.5 / 6)

@@ -207,6 +207,24 @@ def test_a_checkpoint_of_another_architecture_is_refused(small):
   assert (Path(config.output) / "10").is_dir()  # nothing was set aside or lost
 
 
+def test_a_checkpoint_of_the_im2col_reference_cnn_is_refused_naming_the_architecture(small):
+  """Checkpoints written before the reference CNN became the article's nnx.Conv model (and
+  the per-step program) carry the v1 architecture: the resume is refused, nothing lost."""
+  config = small("v1", max_steps=10)
+  quiet(config)
+  manifest = Path(config.output) / "10" / "manifest" / "metadata"
+  values = json.loads(manifest.read_text())
+  v1 = "DigitClassifier-v1:conv32-avgpool-conv64-avgpool-dense256-dense10:im2col"
+  values["identity"].update(architecture=v1, program="scan")
+  manifest.write_text(json.dumps(values))
+  code = subprocess.run([sys.executable, str(TRAIN), *flags_of(config.replace(max_steps=20))],
+                        capture_output=True, text=True, timeout=300)
+  assert code.returncode == 2 and "Traceback" not in code.stderr, code.stderr
+  assert f"architecture: checkpoint '{v1}', requested 'DigitClassifier-v2" in code.stderr
+  assert "program: checkpoint 'scan', requested 'step'" in code.stderr
+  assert (Path(config.output) / "10").is_dir()
+
+
 # --- compatibility -------------------------------------------------------------
 
 def test_incompatible_resume_lists_every_differing_field_and_exits_2(small):

@@ -1,4 +1,8 @@
-"""Every guarantee on every example task: cnn, resnet, charlm and regression (tiny_tasks.py).
+"""Every guarantee on every example task: cnn, resnet, charlm, regression, attention.
+
+(tiny_tasks.py; attention is a user-style model with dropout inside nnx.MultiHeadAttention
+and no mode calls.) Each task also runs under the chunk program --program=auto does not
+pick for it.
 
 Same seed, same bits; interrupted (--max_steps, SIGTERM, SIGKILL) and resumed,
 the same bits and metrics.jsonl; --micro_shards, the same bits on 1, 2 and 4
@@ -103,6 +107,35 @@ def test_max_steps_sigterm_and_sigkill_then_resume_give_the_uninterrupted_bits(
   assert_same_run(reference[name].output, resumed.output)
 
 
+# What runs a chunk decides the bits, and every guarantee holds for either program:
+# each task is also trained with the program that --program=auto does not pick for it.
+AUTO = {"cnn": "step", "resnet": "step", "charlm": "scan", "regression": "scan",
+        "attention": "scan"}
+OTHER_PROGRAM = {name: {"step": "scan", "scan": "step"}[p] for name, p in AUTO.items()}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_auto_picks_the_step_program_on_cpu_for_convolutions_only(name, reference):
+  config = json.loads((Path(reference[name].output) / "config.json").read_text())
+  assert config["program"] == AUTO[name]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_other_program_repeats_resumes_and_feeds_from_the_host_bitwise(name, tiny,
+                                                                          reference):
+  program = OTHER_PROGRAM[name]
+  straight = quiet(tiny(name, f"{name}-{program}", program=program, max_steps=20))
+  assert straight.digest != reference[name].digest  # the program decides the bits
+  again = tiny(name, f"{name}-{program}-again", program=program, max_steps=20)
+  assert quiet(again.replace(max_steps=7)).step == 7
+  resumed = quiet(again.replace(chunk_steps=5, data_path="host"))  # resumed, other chunks, fed
+  assert resumed.resumed_from == 7 and resumed.digest == straight.digest
+  assert_same_run(straight.output, resumed.output)
+  with pytest.raises(ReproError, match=rf"program: checkpoint {program!r}, requested "
+                                       rf"{AUTO[name]!r}"):
+    quiet(again.replace(program="auto", max_steps=30))
+
+
 # The reference task's topology invariance is tests/test_parallel.py's, with
 # validation, plateau and dropout and over two processes.
 OTHER_TASKS = tuple(name for name in NAMES if name != "cnn")
@@ -116,6 +149,12 @@ def micro_shard_runs(tiny, tmp_path_factory):
           for name in OTHER_TASKS}
   configs = {(name, d): tiny(name, f"{name}-micro{d}", micro_shards=4, devices=d)
              for name in OTHER_TASKS for d in (2, 4)}
+  for name in ("resnet", "charlm"):  # and with the program auto does not pick for them
+    program = OTHER_PROGRAM[name]
+    runs[(name, program, 1)] = Path(quiet(tiny(name, f"{name}-{program}-micro1", micro_shards=4,
+                                               program=program)).output)
+    configs.update({(name, program, d): tiny(name, f"{name}-{program}-micro{d}", micro_shards=4,
+                                             devices=d, program=program) for d in (2, 4)})
   listing = tmp_path_factory.mktemp("micro") / "configs.json"
   listing.write_text(json.dumps([c.to_dict() for c in configs.values()]))
   done = subprocess.run([sys.executable, str(TESTS / "run_configs.py"), str(listing)],
@@ -129,6 +168,14 @@ def micro_shard_runs(tiny, tmp_path_factory):
 def test_micro_shards_give_the_same_bits_on_1_2_and_4_devices(name, micro_shard_runs):
   for devices in (2, 4):
     assert_same_run(micro_shard_runs[(name, 1)], micro_shard_runs[(name, devices)])
+
+
+@pytest.mark.parametrize("name", ["resnet", "charlm"])
+def test_micro_shards_give_one_set_of_bits_under_the_other_program_too(name, micro_shard_runs):
+  program = OTHER_PROGRAM[name]
+  for devices in (2, 4):
+    assert_same_run(micro_shard_runs[(name, program, 1)],
+                    micro_shard_runs[(name, program, devices)])
 
 
 def test_batchnorm_statistics_are_updated_and_equal_on_every_device_count(micro_shard_runs):
@@ -228,7 +275,7 @@ def test_a_modules_own_rng_stream_state_does_not_change_a_step(idx_dir, tfds_dir
   """The stream nnx.Dropout holds is reseeded from (seed, step) before each step: whatever
   key and count it carries in (how often a program ran before), the step is the same."""
   from flax import nnx
-  from repro import rng, state as state_lib, train
+  from repro import core, rng, state as state_lib
   from repro.tasks.resnet import ResNet
   task = ResNet(data_dir=str(idx_dir), tfds_dir=str(tfds_dir), width=4, dropout=0.5)
   keys = rng.streams(0)
@@ -268,8 +315,11 @@ def test_two_modules_holding_streams_get_different_keys():
 
 @pytest.mark.parametrize("spec, message", [
     ("broken_tasks:not_a_task", "task broken_tasks:not_a_task is a int, not a repro.Task"),
-    ("broken_tasks:RaisesInModel", "task fine: building the model failed (ValueError: width 0"),
+    ("broken_tasks:RaisesInModel", "task fine: building the model (traced, under "
+                                   "nnx.eval_shape) failed (ValueError: width 0"),
     ("broken_tasks:RaisesInData", "task fine: data() failed (FileNotFoundError:"),
+    ("broken_tasks:EagerOnlyModel", "task fine: building the model (traced, under "
+                                    "nnx.eval_shape) failed (ConcretizationTypeError"),
     ("broken_tasks:NonScalarLoss", "task fine: its loss is float32[16, 3], not a float scalar"),
     ("broken_tasks:SplitsDisagree", "the features of the train split disagree in length "
                                     "(x 64, y 63)"),

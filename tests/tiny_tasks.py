@@ -6,13 +6,19 @@ processes can build it too (with tests/ on sys.path for `tiny_tasks:...`).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+from flax import nnx
 
+import repro
 from repro.tasks.regression import Regression
 
-NAMES = ("cnn", "resnet", "charlm", "regression")
+NAMES = ("cnn", "resnet", "charlm", "regression", "attention")
 WORDS = ("seed", "step", "shard", "bits", "resume", "chunk", "scan", "key", "state", "loss")
 
 
@@ -34,6 +40,45 @@ def regression() -> Regression:
   return Regression(x=x, y=y, x_test=x[:32] + 0.01, y_test=y[:32], hidden=8)
 
 
+class Attender(nnx.Module):
+  """Written as a Flax user writes it: no mode calls, no `deterministic` arguments."""
+
+  def __init__(self, vocabulary: int, width: int, *, rngs: nnx.Rngs):
+    self.embed = nnx.Embed(vocabulary, width, rngs=rngs)
+    self.attention = nnx.MultiHeadAttention(2, width, dropout_rate=0.1, decode=False,
+                                            rngs=rngs)
+    self.norm = nnx.LayerNorm(width, rngs=rngs)
+    self.dropout = nnx.Dropout(0.1, rngs=rngs)
+    self.head = nnx.Linear(width, 2, rngs=rngs)
+
+  def __call__(self, tokens):
+    x = self.embed(tokens)
+    x = self.norm(x + self.attention(x))
+    return self.head(self.dropout(x.mean(axis=1)))
+
+
+@dataclasses.dataclass
+class Parity(repro.Task):
+  """Is the sum of 8 tokens odd? An attention model with dropout in its attention."""
+
+  name = "parity"
+  width: int = 8
+
+  def model(self, rngs):
+    return Attender(5, self.width, rngs=rngs)
+
+  def loss(self, model, batch):
+    logits = model(batch["tokens"])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+
+  def data(self):
+    i = np.arange(256)[:, None] * 7 + np.arange(8)[None, :] * 3
+    tokens = ((i * i) % 5).astype(np.int32)
+    label = (tokens.sum(axis=1) % 2).astype(np.int32)
+    return repro.Splits(train={"tokens": tokens, "label": label},
+                        test={"tokens": tokens[:32], "label": label[:32]})
+
+
 def task(name: str, idx_dir: Path, tfds_dir: Path, text: Path) -> tuple[str, dict]:
   """(spec, options) of the tiny `name` task."""
   data = {"data_dir": str(idx_dir), "tfds_dir": str(tfds_dir)}
@@ -43,4 +88,5 @@ def task(name: str, idx_dir: Path, tfds_dir: Path, text: Path) -> tuple[str, dic
       "charlm": ("repro.tasks.charlm:CharLM", {"text": str(text), "context": 16, "width": 16,
                                                "heads": 2, "layers": 1}),
       "regression": ("tiny_tasks:regression", {"hidden": 8}),
+      "attention": ("tiny_tasks:Parity", {"width": 8}),
   }[name]

@@ -10,41 +10,25 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from repro.errors import ReproError
 from repro.tasks.images import ImageClassifier
 
 # Recorded in the identity; bump when the architecture, its init or the way a
-# layer is computed changes (any of these changes the bits).
-ARCHITECTURE = "DigitClassifier-v1:conv32-avgpool-conv64-avgpool-dense256-dense10:im2col"
-
-
-def conv3x3(conv: nnx.Conv, x: jax.Array) -> jax.Array:
-  """nnx.Conv's 3x3 SAME convolution, computed as im2col patches times the kernel.
-
-  The same function of the same parameters as conv(x) (to float rounding), but
-  its gradients are matrix products. XLA:CPU runs the kernel-gradient
-  convolution about 10x slower inside a loop body than outside one
-  (jax-ml/jax#12868; measured here: 33 ms vs 365 ms per step), which would
-  make the scan-driven chunks slower than a per-step Python loop.
-  """
-  kernel = conv.kernel[...]
-  height, width, channels = x.shape[1], x.shape[2], kernel.shape[2]
-  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  patches = jnp.concatenate(
-      [padded[:, i:i + height, j:j + width, :] for i in range(3) for j in range(3)], axis=-1)
-  return patches @ kernel.reshape(9 * channels, kernel.shape[3]) + conv.bias[...]
+# layer is computed changes (any of these changes the bits). v1 computed the
+# convolutions as im2col matrix products (a scan body ran nnx.Conv's kernel
+# gradient 10x slower on XLA:CPU); v2 is the article's model as written, run by
+# the per-step program on CPU (repro.programs), which is faster still.
+ARCHITECTURE = "DigitClassifier-v2:conv32-avgpool-conv64-avgpool-dense256-dense10"
 
 
 class DigitClassifier(nnx.Module):
   """conv 1->32 3x3, relu, avgpool 2/2, conv 32->64 3x3, relu, avgpool, dense 256, dense 10.
 
-  The layers are nnx.Conv and nnx.Linear (their parameters, init and
-  checkpoint names); the convolutions are computed by conv3x3. With a dropout
-  rate, an nnx.Dropout (holding its own stream, which repro reseeds every
-  step) follows the 256-unit layer.
+  The source article's DigitClassifier as written. With a dropout rate, an
+  nnx.Dropout (holding its own stream, which repro reseeds every step) follows
+  the 256-unit layer.
   """
 
   def __init__(self, *, rngs: nnx.Rngs, dropout: float = 0.0):
@@ -56,8 +40,8 @@ class DigitClassifier(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = x / 255  # uint8 pixels -> [0, 1]
-    x = nnx.avg_pool(nnx.relu(conv3x3(self.conv1, x)), window_shape=(2, 2), strides=(2, 2))
-    x = nnx.avg_pool(nnx.relu(conv3x3(self.conv2, x)), window_shape=(2, 2), strides=(2, 2))
+    x = nnx.avg_pool(nnx.relu(self.conv1(x)), window_shape=(2, 2), strides=(2, 2))
+    x = nnx.avg_pool(nnx.relu(self.conv2(x)), window_shape=(2, 2), strides=(2, 2))
     x = x.reshape(x.shape[0], -1)
     x = nnx.relu(self.linear1(x))
     if self.dropout is not None:

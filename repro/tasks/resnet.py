@@ -16,7 +16,6 @@ import jax
 from flax import nnx
 
 from repro.errors import ReproError
-from repro.tasks.cnn import conv3x3
 from repro.tasks.images import ImageClassifier
 
 
@@ -30,8 +29,8 @@ class Residual(nnx.Module):
     self.norm2 = nnx.BatchNorm(width, momentum=0.9, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = nnx.relu(self.norm1(conv3x3(self.conv1, x)))
-    return nnx.relu(x + self.norm2(conv3x3(self.conv2, y)))
+    y = nnx.relu(self.norm1(self.conv1(x)))
+    return nnx.relu(x + self.norm2(self.conv2(y)))
 
 
 class SmallResNet(nnx.Module):
@@ -48,9 +47,9 @@ class SmallResNet(nnx.Module):
     self.head = nnx.Linear(2 * width, 10, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = nnx.relu(self.stem_norm(conv3x3(self.stem, x / 255)))
+    x = nnx.relu(self.stem_norm(self.stem(x / 255)))
     x = nnx.avg_pool(self.block1(x), window_shape=(2, 2), strides=(2, 2))  # 14x14
-    x = nnx.relu(self.widen_norm(conv3x3(self.widen, x)))
+    x = nnx.relu(self.widen_norm(self.widen(x)))
     x = nnx.avg_pool(self.block2(x), window_shape=(2, 2), strides=(2, 2))  # 7x7
     return self.head(self.dropout(x.mean(axis=(1, 2))))
 
@@ -64,7 +63,7 @@ class ResNet(ImageClassifier):
   """
 
   name = "resnet"
-  architecture = "SmallResNet-v1:stem-res-pool-widen-res-pool-mean-dropout-dense:im2col"
+  architecture = "SmallResNet-v2:stem-res-pool-widen-res-pool-mean-dropout-dense"
 
   width: int = 16
   dropout: float = 0.1
