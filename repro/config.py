@@ -50,8 +50,9 @@ class Config:
                             "the bits).", min=1)
   program: str = _field("auto", "What runs a chunk: 'scan' (one compiled lax.scan of the "
                         "chunk's steps), 'step' (one compiled step, dispatched per step) or "
-                        "'auto' (step on CPU for a model with a convolution, else scan). The "
-                        "two give different bits; the choice is part of the run's identity.",
+                        "'auto' (step on CPU for a model with a convolution without "
+                        "--micro_shards, else scan). The two give different bits; the choice "
+                        "is part of the run's identity.",
                         choices=("auto", "scan", "step"))
   progress: bool = _field(True, "Show a progress bar.")
   strict: bool = _field(False, "Refuse to resume a checkpoint written with other package "
@@ -100,6 +101,10 @@ class Config:
                          f" or --{field.name}=".join(field.metadata["choices"]))
     if self.seed >= 2**32:
       raise ReproError(f"seed must be < 2**32, got {self.seed}")
+    if self.micro_shards and self.program == "step":
+      raise ReproError("--program=step cannot give topology-invariant bits (measured: its bits "
+                       "follow the device count): pass --program=scan or --program=auto with "
+                       "--micro_shards")
     if self.micro_shards and self.batch_size % self.micro_shards:
       raise ReproError(
           f"--batch_size={self.batch_size} cannot be cut into --micro_shards="

@@ -119,14 +119,20 @@ class StepChunks:
 
 # Which program runs a run's chunks: --program, with 'auto' resolved by RULE.
 PROGRAMS = {"scan": ScanChunks, "step": StepChunks}
-RULE = ("auto: 'step' on CPU when the model holds a convolution (nnx.Conv, nnx.ConvTranspose), "
-        "else 'scan'")
+RULE = ("auto: 'step' on CPU when the model holds a convolution (nnx.Conv, nnx.ConvTranspose) "
+        "and the run is not topology-invariant, else 'scan'")
 
 
-def resolve(program: str, model, backend: str) -> str:
-  """The program a run uses: `program`, or for 'auto' RULE's choice (task and platform only)."""
+def resolve(program: str, model, backend: str, micro_shards: int) -> str:
+  """The program a run uses: `program`, or for 'auto' RULE's choice (task, config, platform).
+
+  The topology-invariant mode (micro_shards) always runs the scan: measured, the
+  per-step program's bits follow the device count there (XLA compiles the lone
+  step for one device otherwise than for several, even without its algebraic
+  simplifier), so --program=step is refused with it (repro.config).
+  """
   if program != "auto":
     return program
   convolves = any(isinstance(node, (nnx.Conv, nnx.ConvTranspose))
                   for _, node in nnx.iter_graph(model))
-  return "step" if backend == "cpu" and convolves else "scan"
+  return "step" if backend == "cpu" and convolves and not micro_shards else "scan"

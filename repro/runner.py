@@ -131,7 +131,7 @@ def _program(config: Config, task: task_lib.Task) -> str:
   model = state_lib.abstract_model(task, rng.streams(config.seed))
   if not isinstance(model, nnx.Module):
     return "scan"  # repro.state.build says what is wrong with it
-  return programs.resolve(config.program, model, jax.default_backend())
+  return programs.resolve(config.program, model, jax.default_backend(), config.micro_shards)
 
 
 def _check_output(config: Config, task: task_lib.Task) -> Path:

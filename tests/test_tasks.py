@@ -108,7 +108,8 @@ def test_max_steps_sigterm_and_sigkill_then_resume_give_the_uninterrupted_bits(
 
 
 # What runs a chunk decides the bits, and every guarantee holds for either program:
-# each task is also trained with the program that --program=auto does not pick for it.
+# each task is also trained with the program that --program=auto does not pick for it
+# (micro-shards always run the scan: see test_micro_shards_run_the_scan...).
 AUTO = {"cnn": "step", "resnet": "step", "charlm": "scan", "regression": "scan",
         "attention": "scan"}
 OTHER_PROGRAM = {name: {"step": "scan", "scan": "step"}[p] for name, p in AUTO.items()}
@@ -149,12 +150,6 @@ def micro_shard_runs(tiny, tmp_path_factory):
           for name in OTHER_TASKS}
   configs = {(name, d): tiny(name, f"{name}-micro{d}", micro_shards=4, devices=d)
              for name in OTHER_TASKS for d in (2, 4)}
-  for name in ("resnet", "charlm"):  # and with the program auto does not pick for them
-    program = OTHER_PROGRAM[name]
-    runs[(name, program, 1)] = Path(quiet(tiny(name, f"{name}-{program}-micro1", micro_shards=4,
-                                               program=program)).output)
-    configs.update({(name, program, d): tiny(name, f"{name}-{program}-micro{d}", micro_shards=4,
-                                             devices=d, program=program) for d in (2, 4)})
   listing = tmp_path_factory.mktemp("micro") / "configs.json"
   listing.write_text(json.dumps([c.to_dict() for c in configs.values()]))
   done = subprocess.run([sys.executable, str(TESTS / "run_configs.py"), str(listing)],
@@ -170,12 +165,13 @@ def test_micro_shards_give_the_same_bits_on_1_2_and_4_devices(name, micro_shard_
     assert_same_run(micro_shard_runs[(name, 1)], micro_shard_runs[(name, devices)])
 
 
-@pytest.mark.parametrize("name", ["resnet", "charlm"])
-def test_micro_shards_give_one_set_of_bits_under_the_other_program_too(name, micro_shard_runs):
-  program = OTHER_PROGRAM[name]
-  for devices in (2, 4):
-    assert_same_run(micro_shard_runs[(name, program, 1)],
-                    micro_shard_runs[(name, program, devices)])
+def test_micro_shards_run_the_scan_and_the_step_program_is_refused_with_them(
+    micro_shard_runs, tiny):
+  for name in OTHER_TASKS:
+    config = json.loads((micro_shard_runs[(name, 4)] / "config.json").read_text())
+    assert config["program"] == "scan", name
+  with pytest.raises(ReproError, match=r"--program=step cannot give topology-invariant bits"):
+    quiet(tiny("charlm", "charlm-step-micro", micro_shards=4, program="step"))
 
 
 def test_batchnorm_statistics_are_updated_and_equal_on_every_device_count(micro_shard_runs):

@@ -61,7 +61,7 @@ class Attender(nnx.Module):
 class Parity(repro.Task):
   """Is the sum of 8 tokens odd? An attention model with dropout in its attention."""
 
-  name = "parity"
+  name = "attention"
   width: int = 8
 
   def model(self, rngs):
