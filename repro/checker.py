@@ -387,7 +387,9 @@ def check(config: Config, task: task_lib.Task | None = None, *, steps: int = 20,
   bad config or task, or when the plain run itself fails.
   """
   from repro.runner import resolve
+  asked = config.program  # each run resolves 'auto' itself (micro-shards run the scan)
   config, task = resolve(config, task)
+  config = config.replace(program=asked)
   if steps < 2:
     raise ReproError(f"--check_steps={steps}: pass 2 or more (a run is resumed midway)")
   unknown = sorted(set(pairs) - set(PAIRS))
