@@ -48,7 +48,10 @@ def assert_all_equal(report: checker.Report) -> None:
     assert "1 CPU vs all" in labels
 
 
-@pytest.mark.parametrize("name", ["cnn", "resnet", "charlm"])
+# cnn: convolutions and dropout under the per-step program; charlm: attention under the
+# scan. (The ResNet's BatchNorm statistics are checked under both programs, on 1, 2 and 4
+# devices, in tests/test_tasks.py.)
+@pytest.mark.parametrize("name", ["cnn", "charlm"])
 def test_every_pair_is_equal_on_the_example_tasks(name, idx_dir, tfds_dir, text):
   assert_all_equal(repro.check(tiny_config(name, idx_dir, tfds_dir, text), steps=STEPS,
                                log=lambda _: None))
