@@ -11,7 +11,8 @@ from repro.errors import ReproError
 from repro.runner import Result, run
 from repro.runstate import Hook, RunState, StepInfo
 from repro.task import Splits, Task
+from repro.trained import Trained, load
 
 __all__ = ["Config", "Hook", "ReproError", "Result", "RunState", "Splits", "StepInfo", "Task",
-           "check", "run"]
+           "Trained", "check", "load", "run"]
 __version__ = "0.1.0"

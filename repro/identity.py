@@ -146,7 +146,11 @@ def _key_data(item):
   return name, leaf
 
 
-def check_structure(output: Path, step: int, saved: dict, expected: dict) -> None:
+_RESUME_FIX = "rerun with the checkpoint's settings, or pass a new --output"
+
+
+def check_structure(output: Path, step: int, saved: dict, expected: dict,
+                    action: str = "resume", fix: str = _RESUME_FIX) -> None:
   """Refuses a checkpoint whose state has other leaves, shapes or dtypes than the model's."""
   saved_s, expected_s = structure(saved), structure(expected)
   diffs = [f"  {name}: checkpoint {saved_s.get(name, 'none')}, requested "
@@ -154,13 +158,14 @@ def check_structure(output: Path, step: int, saved: dict, expected: dict) -> Non
            if saved_s.get(name) != expected_s.get(name)]
   if len(diffs) > _MAX_LINES:
     diffs = diffs[:_MAX_LINES] + [f"  ... and {len(diffs) - _MAX_LINES} more leaves"]
-  _refuse(output, step, "its model or optimizer has another structure", diffs)
+  _refuse(output, step, "its model or optimizer has another structure", diffs, action, fix)
 
 
-def _refuse(output: Path, step: int, why: str, diffs: list[str]) -> None:
+def _refuse(output: Path, step: int, why: str, diffs: list[str], action: str = "resume",
+            fix: str = _RESUME_FIX) -> None:
   if diffs:
-    raise ReproError(f"cannot resume {output} (step {step}): {why}:\n" + "\n".join(diffs) +
-                     "\nrerun with the checkpoint's settings, or pass a new --output")
+    raise ReproError(f"cannot {action} {output} (step {step}): {why}:\n" + "\n".join(diffs) +
+                     f"\n{fix}")
 
 
 def environment_diffs(saved: dict, now: dict, topology_invariant: bool) -> list[str]:

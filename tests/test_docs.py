@@ -105,6 +105,7 @@ COMMANDS = {
                      unshown="proving-it.md shows every row on Fashion-MNIST, measured"),
     "bin/verify runs/a runs/b": How("tour"),
     "bin/plot runs/a runs/b --out=plot.png": How("tour"),
+    "import jax.numpy as jnp": How("tour", file="load.py"),  # repro.load of runs/a
     # docs/your-own-model.md (and docs/proving-it.md's bin/check of the same task).
     SINE: How("sine", file="sine.py"),
     "PYTHONPATH=. bin/train --task=sine:Sine --epochs=20 --batch_size=32 --output=runs/sine-cli":
