@@ -66,10 +66,9 @@ def measure_ours(task: Task, train_split, batch: int, chunk_steps: int = 100,
           "graphdef": plan.built.graphdef}
 
 
-def measure_loop(task: Task, train_split: dict, batch: int) -> dict:
-  """The article's loop: batches gathered on the host, one jitted step per batch."""
-  keys = rng.streams(0)
-  model = task.model(rng.init_rngs(keys))
+def tutorial_step(task: Task):
+  """(model, optimizer, train_step): the Flax tutorial's nnx.Optimizer and @nnx.jit step."""
+  model = task.model(rng.init_rngs(rng.streams(0)))
   optimizer = nnx.Optimizer(model, task.optimizer(1e-3), wrt=nnx.Param)
 
   @nnx.jit
@@ -79,6 +78,14 @@ def measure_loop(task: Task, train_split: dict, batch: int) -> dict:
     optimizer.update(model, grads)
     return loss
 
+  model.train()
+  return model, optimizer, train_step
+
+
+def measure_loop(task: Task, train_split: dict, batch: int) -> dict:
+  """The article's loop: batches gathered on the host, one jitted step per batch."""
+  keys = rng.streams(0)
+  model, optimizer, train_step = tutorial_step(task)
   n = len(next(iter(train_split.values())))
   spe = shuffle.steps_per_epoch(n, batch)
   order = np.asarray(shuffle.epoch_permutation(keys["shuffle"], 0, n))

@@ -113,20 +113,9 @@ def measure_repro(task, steps: int) -> dict:
 def measure_loop(task, steps: int) -> dict:
   import jax
   import numpy as np
-  from flax import nnx
-  from repro.task import unpack_loss
+  from common import tutorial_step
   train = task.data().train
-  model = task.model(nnx.Rngs(0))
-  optimizer = nnx.Optimizer(model, task.optimizer(1e-3), wrt=nnx.Param)
-
-  @nnx.jit
-  def train_step(model, optimizer, batch):
-    loss_of = lambda model: unpack_loss(task.loss(model, batch))[0]
-    loss, grads = nnx.value_and_grad(loss_of)(model)
-    optimizer.update(model, grads)
-    return loss
-
-  model.train()
+  model, optimizer, train_step = tutorial_step(task)
   n = len(next(iter(train.values())))
   order = np.random.default_rng(0).permutation(n)
   batch_at = lambda i: {k: v[order[i * BATCH:(i + 1) * BATCH]] for k, v in train.items()}
