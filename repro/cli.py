@@ -334,7 +334,7 @@ def train_main(argv: list[str], hooks=()) -> int:
   tests = "".join(f", test {name.removeprefix(TEST)} {value:.4f}"
                   for name, value in sorted(result.test.items()))
   if not result.already_complete:
-    speed = f"; {result.ms_step:.1f} ms a step" if result.ms_step is not None else ""
+    speed = f"; {result.ms_step:.3g} ms a step" if result.ms_step is not None else ""
     print(f"done: step {result.step}, loss {result.loss:.4f}{tests}{speed}; checkpoint "
           f"{result.checkpoint}")
   else:

@@ -216,10 +216,10 @@ class Timings:
                       "time": now()}])
 
   def ms_step(self) -> float | None:
-    """Mean ms a step of this invocation's chunks after the first (which compiles)."""
-    later = self.chunks[1:] or self.chunks
-    steps = sum(n for n, _ in later)
-    return 1000 * sum(t for _, t in later) / steps if steps else None
+    """Mean ms a step of this invocation's chunks after the first (which compiles); None
+    when only the first ran."""
+    steps = sum(n for n, _ in self.chunks[1:])
+    return 1000 * sum(t for _, t in self.chunks[1:]) / steps if steps else None
 
   def sync(self) -> None:
     self.log.sync()

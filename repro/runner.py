@@ -288,7 +288,7 @@ def _train(plan: plan_lib.Plan, requests: StopRequests, hooks: list[Hook],
       events.close()
     if not abandoned:
       store.close()
-  return _ended(plan, ending, checkpoints, manifest is not None and state.step, log)
+  return _ended(plan, ending, checkpoints, manifest is not None and state.step)
 
 
 def _record_start(plan: plan_lib.Plan, state: RunState, resumed: bool, events,
@@ -347,24 +347,24 @@ def _reporters(plan: plan_lib.Plan, state: RunState) -> list:
 def _complete(plan: plan_lib.Plan, state: RunState, manifest: dict, store: checkpoint.Store,
               log: Callable[[str], None]) -> Result:
   """The Result of a run that had already reached its end: nothing is trained or written."""
-  why = "stopped early" if state.control.stopped_early else f"target {plan.schedule.target}"
-  log(f"run in {plan.output} is already complete at step {state.step} ({why}); nothing to do" +
-      ("" if state.control.stopped_early else ": raise --epochs to train further"))
+  schedule = plan.schedule
+  why = "stopped early" if state.control.stopped_early else f"target {schedule.target}"
+  further = "" if state.control.stopped_early else (
+      ": raise --max_steps (or drop it) to train further" if schedule.target < schedule.total
+      else ": raise --epochs to train further")
+  log(f"run in {plan.output} is already complete at step {state.step} ({why}); nothing to "
+      f"do{further}")
   return _result(plan, state, manifest.get("metrics", {}), str(store.step_path(state.step)),
                  manifest.get("state_digest", ""), resumed_from=state.step,
                  already_complete=True)
 
 
 def _ended(plan: plan_lib.Plan, ending: Ending, checkpoints: components.Checkpointer,
-           resumed_from: int | bool, log: Callable[[str], None]) -> Result:
-  """The Result of this invocation's training, and a line if a signal stopped it."""
+           resumed_from: int | bool) -> Result:
+  """The Result of this invocation's training (Result.stopped_by says if a signal stopped it;
+  bin/train prints that line)."""
   saved = checkpoints.saved_step
   path = str(checkpoints.store.step_path(saved)) if saved is not None else ""
-  if ending.stop and saved is None:
-    log(f"stopped by {ending.stop} before the first step; nothing was saved")
-  elif ending.stop:
-    log(f"stopped by {ending.stop} at step {ending.state.step}; checkpoint saved to {path}; "
-        f"rerun the same command to resume")
   metrics_now = ending.last.metrics if ending.last is not None else (
       (checkpoints.manifest or {}).get("metrics", {}))
   return _result(plan, ending.state, metrics_now, path,

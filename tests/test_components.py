@@ -244,3 +244,7 @@ def test_timings_log_each_chunks_wall_time_and_the_mean_after_the_first(tmp_path
   assert [(r["step"], r["steps"], r["ms_step"], r["first"]) for r in lines] == [
       (4, 4, 500.0, True), (8, 4, 100.0, False), (10, 2, 50.0, False)]
   assert math.isclose(timings.ms_step(), 1000 * 0.5 / 6)
+  only_first = components.Timings(tmp_path / "..")
+  only_first.write(StepInfo(state=run_state(4), chunk=info_after(0, 4).chunk))
+  only_first.close()
+  assert only_first.ms_step() is None  # a compiling chunk is not a speed
