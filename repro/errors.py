@@ -1,7 +1,7 @@
 """The exceptions users see: each a message naming the problem and the fix, and an exit code.
 
 bin/train prints the message as one line `error: ...` and exits with the
-class's exit_code (the README's table of exit codes is this file):
+class's exit_code (docs/faults.md's table of exit codes is this file):
   2   ReproError      bad input, a bad task, an incompatible resume
   3   NonFiniteLoss   the loss became NaN or infinite; nothing non-finite was saved
   74  CheckpointWriteError  a checkpoint could not be written (disk full, I/O error)

@@ -246,8 +246,8 @@ def run(config: Config, task: task_lib.Task | None = None, *,
 
 def _say_topology(mesh, config: Config, log: Callable[[str], None]) -> None:
   if mesh is not None:
-    processes = jax.process_count()
-    log(f"data-parallel over {mesh.size} devices ({processes} process"
+    processes, plural = jax.process_count(), "s" if mesh.size > 1 else ""
+    log(f"data-parallel over {mesh.size} device{plural} ({processes} process"
         f"{'es' if processes > 1 else ''})" + (
             f", topology-invariant with {config.micro_shards} micro-shards"
             if config.micro_shards else ""))

@@ -15,7 +15,7 @@ from repro import ReproError, load
 
 @pytest.fixture(scope="module")
 def trained_run(idx_dir, tfds_dir, tmp_path_factory):
-  """A 28-step run of the reference CNN with dropout and validation (checkpoints kept: 14, 20, 28)."""
+  """A 28-step run of the reference CNN with dropout and validation (kept: 14, 20, 28)."""
   from conftest import small_config
   config = small_config(tmp_path_factory.mktemp("load"), "cnn", idx_dir, tfds_dir,
                         {"dropout": 0.3}, validation_examples=32)
