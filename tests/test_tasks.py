@@ -174,6 +174,16 @@ def test_micro_shards_run_the_scan_and_the_step_program_is_refused_with_them(
     quiet(tiny("charlm", "charlm-step-micro", micro_shards=4, program="step"))
 
 
+def test_a_four_device_checkpoint_loads_on_one_device_with_the_same_bits(micro_shard_runs):
+  from flax import nnx
+  import repro
+  one, four = (repro.load(micro_shard_runs[("charlm", d)]) for d in (1, 4))
+  assert one.step == four.step and one.metrics == four.metrics
+  params = lambda trained: jax.tree.leaves(nnx.state(trained.model, nnx.Param))
+  for a, b in zip(params(one), params(four), strict=True):
+    assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
 def test_batchnorm_statistics_are_updated_and_equal_on_every_device_count(micro_shard_runs):
   states = {d: restore_state(micro_shard_runs[("resnet", d)] / "32") for d in (1, 2, 4)}
   mean = {d: np.asarray(s["model"]["block1"]["norm1"]["mean"]) for d, s in states.items()}
