@@ -250,6 +250,16 @@ def parse_flags_or_exit(argv: list[str], positional: int = 0) -> list[str]:
   return rest + option_words
 
 
+def parse_flags_or_exit_with_run(argv: list[str]) -> list[str]:
+  """parse_flags_or_exit for a binary of one positional RUN and the task-option arguments."""
+  rest = parse_flags_or_exit(argv, positional=-1)
+  runs = [word for word in rest[1:] if not _OPTION_ARG.fullmatch(word)]
+  if len(runs) != 1:
+    _exit_bad_input(f"expected one RUN, got {len(runs)}: {' '.join(runs) or 'none'} "
+                    f"(see --helpfull)")
+  return rest
+
+
 def config_from_flags(option_words: Sequence[str] = ()) -> Config:
   """--config's JSON (or the defaults), overridden by the flags given explicitly.
 
@@ -342,16 +352,95 @@ def train_main(argv: list[str], hooks=()) -> int:
   return 0
 
 
-@_one_line_errors
-def verify_main(argv: list[str]) -> int:
-  """bin/verify RUN_A RUN_B: 0 bitwise identical, 1 different, 2 bad input."""
-  from repro import verify
-  comparison = verify.compare(argv[1], argv[2])
+def define_verify_flags() -> None:
+  flags.DEFINE_boolean("lineage", False, "bin/verify --lineage RUN: check each ancestor of "
+                       "RUN's model (what it was warm-started or exported from) against its "
+                       "recorded digest: intact, changed or missing.")
+
+
+def _print(text: str) -> None:
   try:
-    print(verify.report(comparison), flush=True)
+    print(text, flush=True)
   except BrokenPipeError:  # `bin/verify A B | head`: the verdict still goes in the exit code
     _drop_stdout()
+
+
+@_one_line_errors
+def verify_main(argv: list[str]) -> int:
+  """bin/verify RUN_A RUN_B: 0 bitwise identical, 1 different, 2 bad input.
+
+  bin/verify --lineage RUN: 0 no ancestor changed, 1 one did, 2 bad input.
+  """
+  wanted = 1 if FLAGS.lineage else 2
+  if len(argv) - 1 != wanted:
+    _exit_bad_input(f"expected {'RUN' if wanted == 1 else 'RUN_A RUN_B'}, got {len(argv) - 1} "
+                    f"argument(s) (see --helpfull)")
+  if FLAGS.lineage:
+    from repro import lineage
+    checked = lineage.check(argv[1])
+    _print(lineage.report(checked))
+    return checked.exit_code
+  from repro import verify
+  comparison = verify.compare(argv[1], argv[2])
+  _print(verify.report(comparison))
   return 0 if comparison.identical else 1
+
+
+def _define_step_flag(what: str) -> None:
+  flags.DEFINE_string("step", "latest", f"The checkpoint {what}: latest, best (the kept best "
+                      f"validation result) or a step number.")
+
+
+def _step(text: str) -> int | str | None:
+  if text == "latest":
+    return None
+  if text == "best" or text.isdigit():
+    return text if text == "best" else int(text)
+  _exit_bad_input(f"--step={text}: pass --step=latest, --step=best or --step=<a step number>")
+
+
+def define_eval_flags() -> None:
+  """bin/eval's flags: which checkpoint, which split, the output form, the task's options."""
+  from repro.evaluation import PREFIXES
+  _define_step_flag("to evaluate")
+  flags.DEFINE_enum("split", "test", list(PREFIXES), "The split to evaluate (validation: the "
+                    "run's, held out as it was).")
+  flags.DEFINE_boolean("json", False, "Print one JSON object instead of the table.")
+  flags.DEFINE_string(TASK_FLAG, None, "Evaluate as this task (package.module:attr; default: "
+                      "the run's). Options that change only what is evaluated may be set with "
+                      "--task.<option>=value, e.g. --task.test_examples=10000.")
+
+
+@_one_line_errors
+def eval_main(argv: list[str]) -> int:
+  """bin/eval RUN: 0 evaluated, 2 bad input. argv: RUN and the --task.<option> arguments."""
+  from repro import evaluation
+  from repro import stored
+  step = _step(FLAGS.step)
+  spec = FLAGS.task or stored.find(argv[1], step).config.get("task", DEFAULT_TASK)
+  task = task_lib.resolve(spec)
+  options = read_task_options(task, spec, argv[2:])
+  found = evaluation.evaluate(argv[1], step, FLAGS.split, task if FLAGS.task else None, options)
+  _print(json.dumps(found.to_dict(), sort_keys=True) if FLAGS.json else evaluation.table(found))
+  return 0
+
+
+def define_export_flags() -> None:
+  from repro.export import DTYPES
+  _define_step_flag("to export")
+  flags.DEFINE_string("out", None, "The export's directory (new).")
+  flags.DEFINE_enum("dtype", "float32", list(DTYPES), "The dtype of the floating-point weights.")
+  flags.mark_flag_as_required("out")
+
+
+@_one_line_errors
+def export_main(argv: list[str]) -> int:
+  """bin/export RUN --out=DIR: 0 written, 2 bad input."""
+  from repro.export import export
+  out = export(argv[1], FLAGS.out, _step(FLAGS.step), FLAGS.dtype)
+  print(f"exported {argv[1]} to {out} ({FLAGS.dtype}): restore {out}/model with Orbax, or "
+        f"repro.load({str(out)!r})")
+  return 0
 
 
 def define_plot_flags() -> None:

@@ -41,6 +41,12 @@ class Config:
   task_options: dict = _field(None, "The task's options (its dataclass fields).")
   output: str | None = _field(None, "Run directory; resumed if it holds checkpoints. Default: "
                               "runs/seed<seed>-<digest of the settings that decide the bits>.")
+  init_from: str | None = _field(
+      None, "Start the model from another model's weights (a warm start, a fine-tune): a run "
+      "directory (its newest checkpoint; PATH:best or PATH:<step> for another), a step "
+      "directory, an export (bin/export) or an Orbax checkpoint of a model's pure dict. "
+      "Weights are matched by path and shape; the optimizer is fresh and the step 0. The "
+      "source's weights digest, step and task enter the run's identity.")
   checkpoint_every: int = _field(500, "Save a checkpoint every N global steps (and at the "
                                  "end).", min=1)
   max_to_keep: int = _field(3, "Checkpoints to keep (>= 1).", min=1)
@@ -119,6 +125,10 @@ class Config:
                        f"val_accuracy, or val_<a metric of the task>")
     if self.schedule == "warmup_cosine" and self.warmup_steps < 1:
       raise ReproError("--schedule=warmup_cosine needs --warmup_steps=N with N >= 1")
+    if self.init_from is not None and (not isinstance(self.init_from, str)
+                                       or not self.init_from.strip()):
+      raise ReproError(f"--init_from must name a run, a step, an export or an Orbax "
+                       f"checkpoint, got {self.init_from!r}")
     if not isinstance(self.task_options, dict):
       raise ReproError(f"task_options must be a dict, got {type(self.task_options).__name__}")
     return self

@@ -17,6 +17,11 @@ def _key_name(entry) -> str:
   return str(entry)
 
 
+def path_name(path) -> str:
+  """'model/conv1/kernel' of a pytree key path."""
+  return "/".join(_key_name(e) for e in path)
+
+
 def named_leaves(tree, to_host: bool = True) -> dict:
   """{'model/conv1/kernel': array, ...}: the leaves of a pytree as host arrays.
 
@@ -27,7 +32,7 @@ def named_leaves(tree, to_host: bool = True) -> dict:
   """
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
   convert = _host if to_host else (lambda leaf: leaf)
-  return {"/".join(_key_name(e) for e in path): convert(leaf) for path, leaf in flat}
+  return {path_name(path): convert(leaf) for path, leaf in flat}
 
 
 def _host(leaf) -> np.ndarray:

@@ -51,7 +51,8 @@ _STEERING_FIELDS = ("eval_every", "monitor", "patience")
 # Keys the identity adds beside the config's fields and the task's options.
 ARCHITECTURE, SHUFFLE, RNG_STREAMS, DATA, MODULE_RNGS = (
     "architecture", "shuffle", "rng_streams", "data_fingerprint", "module_rngs")
-ADDED_KEYS = (ARCHITECTURE, SHUFFLE, RNG_STREAMS, DATA, MODULE_RNGS)
+INIT_FROM = "init_from"  # the Config field's name: the source, not its path, decides the bits
+ADDED_KEYS = (ARCHITECTURE, SHUFFLE, RNG_STREAMS, DATA, MODULE_RNGS, INIT_FROM)
 # Platform facts (repro.environment.platform_info) that decide the bits; the
 # topology keys do so only outside the topology-invariant mode (micro_shards).
 PLATFORM_KEYS = ("system", "machine", "backend", "device_kind", "cpu_features", "cpus_visible",
@@ -97,12 +98,17 @@ def reserved_names() -> set[str]:
 
 
 def of(config: Config, task: Task, data_fingerprints: dict[str, str],
-       module_streams: bool) -> dict:
-  """Everything a checkpoint must agree on to be resumed bit for bit."""
+       module_streams: bool, init: dict | None = None) -> dict:
+  """Everything a checkpoint must agree on to be resumed bit for bit.
+
+  init: what of a warm start's source decides the bits (repro.warmstart).
+  """
   found = {**config_fields(config), **task.identity(), SHUFFLE: shuffle.SCHEME,
            RNG_STREAMS: rng.STREAMS, DATA: data_fingerprints}
   if module_streams:  # how a module's own nnx.Rngs are reseeded every step
     found[MODULE_RNGS] = rng.RESEED_SCHEME
+  if init is not None:
+    found[INIT_FROM] = init
   return found
 
 
@@ -111,11 +117,13 @@ def default_output(config: Config, task: Task) -> str:
 
   The settings: the config's bit fields and the task's options (and its name
   unless it is the default task, so that runs from before tasks keep their
-  names).
+  names), and the warm start's source if there is one.
   """
   task_bits = {k: v for k, v in task.identity().items() if k != ARCHITECTURE}
   if task_bits.get("task") == DEFAULT_TASK_NAME:
     del task_bits["task"]
+  if config.init_from:
+    task_bits[INIT_FROM] = config.init_from
   blob = json.dumps({**bit_fields(config), **task_bits}, sort_keys=True).encode()
   return f"runs/seed{config.seed}-{hashlib.sha256(blob).hexdigest()[:8]}"
 

@@ -3,7 +3,8 @@
 cursor    the global step, its epoch, and what the data order depends on
 manifest  the config, the identity (checked before any array is read on
           resume), the data, the environment, the metrics, the best result,
-          and the per-leaf checksums of the state
+          the warm start and the lineage (repro.warmstart), and the per-leaf
+          checksums of the state
 """
 
 from __future__ import annotations
@@ -34,5 +35,6 @@ def describe(plan, state: RunState, metrics: dict, pure: dict) -> tuple[dict, di
       "metrics": dict(metrics),
       "best": {"monitor": config.monitor, "step": state.control.best_step,
                "value": state.control.best},
+      "init_from": plan.warm.record() if plan.warm else None, "lineage": plan.lineage(),
       "leaf_digests": digest.leaf_digests(pure), "state_digest": digest.tree_digest(pure)}
   return cursor, manifest

@@ -26,6 +26,7 @@ from repro import shuffle
 from repro import splits as splits_lib
 from repro import state as state_lib
 from repro import task as task_lib
+from repro import warmstart
 from repro.config import Config
 from repro.errors import ReproError
 from repro.metrics import VAL
@@ -72,6 +73,11 @@ class Plan:
   identity: dict
   env: dict
   evaluate: Evaluator
+  warm: warmstart.WarmStart | None  # the --init_from source and what it gave
+
+  def lineage(self) -> list[dict]:
+    """The ancestors of this run's model, nearest first (none without --init_from)."""
+    return self.warm.lineage() if self.warm else []
 
   def fresh(self) -> RunState:
     """The RunState of step 0: the initialised model and optimizer."""
@@ -93,7 +99,8 @@ def make(config: Config, task: task_lib.Task, output: Path, data: splits_lib.Pre
   spe = shuffle.steps_per_epoch(len(data.train), config.batch_size)
   schedule = Schedule.of(config, spe, data.validation is not None, hooks)
   keys = rng.streams(config.seed)
-  built = state_lib.build(task, config, keys, schedule.total, mesh)
+  warm = warmstart.WarmStart.of(config.init_from, task) if config.init_from else None
+  built = state_lib.build(task, config, keys, schedule.total, mesh, warm)
   eval_names, reported = state_lib.check_task(task, built, data.train.features(),
                                               config.batch_size)
   monitored = config.monitor.removeprefix(VAL)
@@ -105,6 +112,7 @@ def make(config: Config, task: task_lib.Task, output: Path, data: splits_lib.Pre
       config=config, task=task, output=output, data=data, mesh=mesh, built=built,
       keys=parallel.replicate(keys, mesh), shuffle_key=keys["shuffle"],
       settings=control_lib.Settings.of(config, task.higher_is_better), schedule=schedule,
-      identity=identity_lib.of(config, task, data.fingerprints, built.module_streams),
+      identity=identity_lib.of(config, task, data.fingerprints, built.module_streams,
+                               warm.identity() if warm else None), warm=warm,
       env=environment.describe(devices_used=mesh.size if mesh is not None else 1),
       evaluate=Evaluator(built.graphdef, task, eval_names))

@@ -36,6 +36,7 @@ from repro import rng
 from repro import splits as splits_lib
 from repro import state as state_lib
 from repro import task as task_lib
+from repro import warmstart
 from repro.config import Config
 from repro.errors import CheckpointWriteError, PeerLost, ReproError, squeezed
 from repro.metrics import TEST, VAL
@@ -120,8 +121,9 @@ def resolve(config: Config, task: task_lib.Task | None = None) -> tuple[Config, 
   if clash:
     raise ReproError(f"task {task_lib.task_name(task)}: option(s) {', '.join(clash)} would "
                      f"mix with repro's own settings: rename them")
-  return config.replace(task_options=task.options(),
-                        program=_program(config, task)), task
+  init_from = warmstart.absolute(config.init_from) if config.init_from else None
+  return config.replace(task_options=task.options(), program=_program(config, task),
+                        init_from=init_from), task
 
 
 def _program(config: Config, task: task_lib.Task) -> str:
@@ -229,6 +231,8 @@ def run(config: Config, task: task_lib.Task | None = None, *,
   data = _prepare_data(task, config, primary, log)
   environment.enable_compilation_cache()
   plan = plan_lib.make(config, task, output, data, mesh, hooks)  # builds and checks; writes nothing
+  if plan.warm:
+    log(plan.warm.summary())
   if primary:
     output.mkdir(parents=True, exist_ok=True)
   run_lock = lock_lib.RunLock(output) if primary else None

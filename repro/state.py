@@ -8,6 +8,7 @@ nnx.replace_by_pure_dict -> nnx.update.
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import jax
 from flax import nnx
@@ -53,19 +54,26 @@ def abstract_model(task: Task, keys: dict) -> nnx.Module:
 _ABSTRACT = "building the model (traced, under nnx.eval_shape)"
 
 
-def build(task: Task, config, keys: dict, total_steps: int, mesh) -> Built:
-  """Initialises the task's model and optimizer from the 'params' key stream."""
+def build(task: Task, config, keys: dict, total_steps: int, mesh,
+          warm: Callable[[nnx.Module], None] | None = None) -> Built:
+  """Initialises the task's model and optimizer from the 'params' key stream.
+
+  warm: called with the initialised model before the optimizer is built (a
+  warm start, repro.warmstart), in the concrete build only.
+  """
   tx = guarded("building the optimizer", task,
                 lambda: optim.make_tx(config, total_steps, task.optimizer))
 
-  def create():
+  def create(warm=None):
     model = task.model(rng.init_rngs(keys))
     if not isinstance(model, nnx.Module):
       raise ReproError(f"task {task_name(task)}: model() returned a {type(model).__name__}, "
                        f"not an nnx.Module")
+    if warm is not None:
+      warm(model)
     return {"model": model, "optimizer": nnx.Optimizer(model, tx, wrt=nnx.Param)}
 
-  objects = guarded("building the model", task, create)
+  objects = guarded("building the model", task, lambda: create(warm))
   graphdef, state = nnx.split(objects)
   _, abstract = nnx.split(guarded(_ABSTRACT, task, lambda: nnx.eval_shape(create)))
   return Built(graphdef=graphdef, state=parallel.replicate(state, mesh), objects=objects,

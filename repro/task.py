@@ -116,6 +116,14 @@ class Task:
 
     return jax.vmap(one)(batch)
 
+  def init_source(self, leaf: str) -> str | None:
+    """The source leaf a warm start (--init_from) gives the weight `leaf` ('head/kernel').
+
+    Default: the leaf of the same path. Return another path to map names, or
+    None to keep the weight's fresh initialisation (say, a new head).
+    """
+    return leaf
+
   def summarize(self, means: dict[str, float]) -> dict[str, float]:
     """The reported metrics from the split means of eval_metrics (e.g. add perplexity)."""
     return means

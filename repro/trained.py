@@ -1,4 +1,4 @@
-"""repro.load: a trained model from a run directory or a checkpoint step, verified.
+"""repro.load: a trained model from a run directory, a checkpoint step or an export, verified.
 
     trained = repro.load("runs/mine")            # the newest finalized step
     logits = trained.model(images)               # in eval mode, on one device
@@ -7,24 +7,26 @@ The manifest is read first; the task is rebuilt from the spec and options it
 records (or passed in); the restore goes nnx.eval_shape template -> Orbax
 (onto this process's first device, whatever devices wrote it) ->
 nnx.replace_by_pure_dict -> nnx.update; every leaf's checksum is verified
-against the manifest. Nothing is written: it is safe while the run trains.
+against the manifest. An export (repro.export) fills the model's weights,
+each checked against the export's checksums, cast to the model's dtypes.
+Nothing is written: it is safe while the run trains.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
-from repro import digest
 from repro import identity as identity_lib
 from repro import rng
 from repro import state as state_lib
+from repro import stored as stored_lib
 from repro import task as task_lib
+from repro import warmstart
 from repro.config import Config
 from repro.errors import ReproError, squeezed
 
@@ -52,77 +54,82 @@ class Trained:
   path: Path
 
 
-def _finalized(run: Path) -> list[int]:
-  # Orbax renames <step>.orbax-checkpoint-tmp* to <step> only once complete.
-  return sorted(int(p.name) for p in run.iterdir() if p.name.isdigit() and (p / "state").is_dir())
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """A checkpoint's or an export's train state, restored into its task's model and optimizer
+  (an export's optimizer is fresh): what load and evaluate are made from."""
+
+  built: state_lib.Built
+  state: nnx.State
+  task: task_lib.Task
+  config: Config
+  stored: stored_lib.Stored
 
 
-def _json_item(step_dir: Path, item: str) -> dict:
-  try:
-    return ocp.JsonCheckpointHandler().restore(epath.Path(step_dir / item))
-  except (OSError, ValueError, KeyError) as err:
-    raise ReproError(f"cannot read {step_dir / item} ({type(err).__name__}): pass a repro run "
-                     f"directory or one of its step directories") from None
+def restore(path: str | Path, step: int | str | None = None, task: task_lib.Task | None = None,
+            options: dict | None = None) -> Restored:
+  """The train state that `path` (a run, a step directory or an export) holds at `step`.
+
+  The task is the one recorded (or `task`), with `options` replacing some of its
+  options; ReproError (one line) if its model does not fit the checkpoint.
+  """
+  stored = stored_lib.find(path, step)
+  if stored.kind == stored_lib.ORBAX:
+    raise ReproError(f"{stored.path} is an Orbax checkpoint that repro did not write (it names "
+                     f"no task): pass it to --init_from of a run, or restore it with Orbax")
+  config = Config.from_dict(stored.config)
+  if task is None:
+    task = task_lib.with_options(task_lib.resolve(config.task), config.task_options, config.task)
+  task = task_lib.with_options(task, options or {}, config.task)
+  built = state_lib.build(task, config, rng.streams(config.seed), total_steps(stored), None)
+  fix = (f"the option(s) {', '.join(sorted(options))} change the model: keep the run's values"
+         if options else f"pass the task it was trained as: repro.load(path, "
+                         f"task={type(task).__name__}(...))")
+  if stored.kind == stored_lib.EXPORT:
+    _fill_exactly(built, stored, task, fix)
+    state = nnx.state(built.objects)
+  else:
+    saved = ocp.StandardCheckpointHandler().metadata(epath.Path(stored.path / "state")).tree
+    identity_lib.check_structure(stored.path.parent, stored.step, saved, built.template,
+                                 action="load", fix=fix)
+    try:
+      pure = ocp.StandardCheckpointer().restore(stored.path / "state", built.template)
+    except (OSError, ValueError) as err:
+      raise ReproError(f"cannot restore {stored.path / 'state'} ({type(err).__name__}: "
+                       f"{squeezed(err, 120)}): the checkpoint is damaged") from None
+    stored_lib.check_digests(stored.path, stored.meta.get("leaf_digests", {}), pure)
+    state = state_lib.restore(built, pure)
+  return Restored(built=built, state=state, task=task, config=config, stored=stored)
 
 
-def locate(path: str | Path, step: int | str | None = None) -> Path:
-  """The step directory of `path` (a run or a step directory) at `step` (None: the newest;
-  'best': the kept best validation result; an integer: that step)."""
-  path = Path(path).expanduser().absolute()
-  if not path.is_dir():
-    raise ReproError(f"{path} is not a directory: pass a run directory or a checkpoint step")
-  if (path / "state").is_dir() and step is None:
-    return path
-  run = path.parent if (path / "state").is_dir() else path
-  steps = _finalized(run)
-  if not steps:
-    raise ReproError(f"{run} holds no finalized checkpoint: pass a run directory (or a step "
-                     f"directory <run>/<step>) of a run that saved one")
-  if step == "best":
-    best = _json_item(run / str(steps[-1]), "manifest").get("best", {}).get("step")
-    if best is None:
-      raise ReproError(f"{run} has no best step (it ran without validation): pass step=None "
-                       f"or an integer")
-    step = best
-  if step is None:
-    step = steps[-1]
-  if not isinstance(step, int) or step not in steps:
-    raise ReproError(f"{run} has no finalized checkpoint of step {step!r}: pass one of "
-                     f"{', '.join(map(str, steps))}, 'best' or none")
-  return run / str(step)
+def total_steps(stored: stored_lib.Stored) -> int:
+  """The run's steps in all (a schedule's length: the optimizer's shape may depend on it)."""
+  if stored.kind == stored_lib.EXPORT:
+    return int(stored.meta.get("total_steps", 1))
+  cursor = stored_lib.read_json(stored.path, "cursor")
+  return Config.from_dict(stored.config).epochs * int(cursor.get("steps_per_epoch", 1))
+
+
+def _fill_exactly(built: state_lib.Built, stored: stored_lib.Stored, task: task_lib.Task,
+                  fix: str) -> None:
+  """The model's weights from an export, which must hold each of them and nothing else."""
+  filled = warmstart.fill(built.objects["model"], stored_lib.read_tree(stored), lambda n: n)
+  if filled.fresh or filled.unused:
+    named = [f"  {name}: not in the export" for name in filled.fresh[:6]] + [
+        f"  {name}: not in the model" for name in filled.unused[:6]]
+    raise ReproError(f"cannot load {stored.path}: its weights do not fit the model of task "
+                     f"{task_lib.task_name(task)}:\n" + "\n".join(named) +
+                     f"\n{fix}")
 
 
 def load(path: str | Path, step: int | str | None = None,
          task: task_lib.Task | None = None) -> Trained:
-  """The model of a checkpoint, in eval mode on one device; ReproError (one line) if the path,
-  the step or the task does not fit, or a leaf does not match its checksum."""
-  step_dir = locate(path, step)
-  manifest = _json_item(step_dir, "manifest")
-  cursor = _json_item(step_dir, "cursor")
-  config = Config.from_dict(manifest["config"])
-  if task is None:
-    task = task_lib.with_options(task_lib.resolve(config.task), config.task_options, config.task)
-  total = config.epochs * int(cursor.get("steps_per_epoch", 1))
-  built = state_lib.build(task, config, rng.streams(config.seed), total, None)
-  saved = ocp.StandardCheckpointHandler().metadata(epath.Path(step_dir / "state")).tree
-  identity_lib.check_structure(
-      step_dir.parent, int(cursor["step"]), saved, built.template, action="load",
-      fix=f"pass the task it was trained as: repro.load(path, task={type(task).__name__}(...))")
-  try:
-    pure = ocp.StandardCheckpointer().restore(step_dir / "state", built.template)
-  except (OSError, ValueError) as err:
-    raise ReproError(f"cannot restore {step_dir / 'state'} ({type(err).__name__}: "
-                     f"{squeezed(err, 120)}): the checkpoint is damaged") from None
-  _verify(step_dir, manifest.get("leaf_digests", {}), pure)
-  model = nnx.merge(built.graphdef, state_lib.restore(built, pure))["model"]
+  """The model of a checkpoint or an export, in eval mode on one device; ReproError (one line)
+  if the path, the step or the task does not fit, or a leaf does not match its checksum."""
+  restored = restore(path, step, task)
+  model = nnx.merge(restored.built.graphdef, restored.state)["model"]
   model.eval()
-  return Trained(model=model, task=task, config=config, step=int(cursor["step"]),
-                 metrics=dict(manifest.get("metrics", {})), manifest=manifest, path=step_dir)
-
-
-def _verify(step_dir: Path, expected: dict[str, str], pure: dict[str, Any]) -> None:
-  found = digest.leaf_digests(pure)
-  bad = sorted(set(expected) ^ set(found) | {k for k in found if expected.get(k) != found[k]})
-  if not expected or bad:
-    what = "carries no checksums" if not expected else f"fails its checksums ({', '.join(bad[:3])})"
-    raise ReproError(f"checkpoint {step_dir} {what}: it is damaged; load another step")
+  stored = restored.stored
+  return Trained(model=model, task=restored.task, config=restored.config, step=stored.step,
+                 metrics=dict(stored.meta.get("metrics", {})), manifest=stored.meta,
+                 path=stored.path)

@@ -17,6 +17,7 @@ from flax import nnx
 
 import repro
 from repro.tasks.regression import Regression
+from repro.tasks.resnet import ResNet
 
 NAMES = ("cnn", "resnet", "charlm", "regression", "attention")
 WORDS = ("seed", "step", "shard", "bits", "resume", "chunk", "scan", "key", "state", "loss")
@@ -77,6 +78,25 @@ class Parity(repro.Task):
     label = (tokens.sum(axis=1) % 2).astype(np.int32)
     return repro.Splits(train={"tokens": tokens, "label": label},
                         test={"tokens": tokens[:32], "label": label[:32]})
+
+
+@dataclasses.dataclass
+class ResNetHead(ResNet):
+  """The ResNet with a new head of `classes` classes (labels taken modulo `classes`): the new
+  task of a fine-tune, written as a user writes one."""
+
+  name = "resnet_head"
+  classes: int = 2
+
+  def model(self, rngs):
+    model = super().model(rngs)
+    model.head = nnx.Linear(model.head.in_features, self.classes, rngs=rngs)
+    return model
+
+  def data(self):
+    splits = super().data()
+    relabel = lambda split: {**split, "label": split["label"] % self.classes}
+    return dataclasses.replace(splits, train=relabel(splits.train), test=relabel(splits.test))
 
 
 def task(name: str, idx_dir: Path, tfds_dir: Path, text: Path) -> tuple[str, dict]:
