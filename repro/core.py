@@ -185,6 +185,21 @@ def make_step(graphdef: nnx.GraphDef, task: Task, reduction, keys: dict) -> Call
   return step
 
 
+def trace_step(graphdef: nnx.GraphDef, task: Task, state, keys: dict, features: dict,
+               batch_size: int) -> None:
+  """Traces one training step (the loss, its gradient, the update) on abstract batches of the
+  train split's `features` ({name: (dtype, shape)}), compiling and running nothing; the
+  task's code fails here, if it fails when traced, before anything is written."""
+  batch = {k: jax.ShapeDtypeStruct((batch_size,) + tuple(shape), dtype)
+           for k, (dtype, shape) in features.items()}
+
+  def probe(state, batch, keys):
+    step = make_step(graphdef, task, Local(batch_size), keys)
+    return step(state, lambda start, size: batch, jnp.int32(0), jnp.int32(1))
+
+  jax.eval_shape(probe, state, batch, keys)
+
+
 def make_train_chunk(graphdef: nnx.GraphDef, task: Task, *, chunk_steps: int,
                      num_examples: int, batch_size: int, mesh=None, micro_shards: int = 0,
                      host_fed: bool = False) -> Callable:

@@ -75,6 +75,8 @@ def _check_out(out: Path) -> Path:
     raise ReproError(f"--out {out} already exists: pass a new directory (an export is never "
                      f"overwritten)")
   parent = out.parent
+  while not parent.exists():
+    parent = parent.parent
   if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
     raise ReproError(f"cannot write --out {out}: {parent} is not a writable directory")
   return out
@@ -84,6 +86,7 @@ def _write(out: Path, weights: dict, meta: dict) -> None:
   """Writes beside `out`, then renames: `out` holds a whole export or nothing."""
   partial = out.parent / f".{out.name}.partial-{os.getpid()}"
   try:
+    out.parent.mkdir(parents=True, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(partial / stored_lib.EXPORT_TREE, weights)
     checkpointer.wait_until_finished()

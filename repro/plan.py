@@ -103,6 +103,9 @@ def make(config: Config, task: task_lib.Task, output: Path, data: splits_lib.Pre
   built = state_lib.build(task, config, keys, schedule.total, mesh, warm)
   eval_names, reported = state_lib.check_task(task, built, data.train.features(),
                                               config.batch_size)
+  task_lib.guarded("a training step (the loss's gradient and the update, traced)", task,
+                   lambda: core.trace_step(built.graphdef, task, built.state, keys,
+                                           data.train.features(), config.batch_size))
   monitored = config.monitor.removeprefix(VAL)
   if data.validation is not None and monitored not in reported:
     raise ReproError(f"--monitor={config.monitor} is not a metric of task "

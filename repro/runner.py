@@ -231,8 +231,6 @@ def run(config: Config, task: task_lib.Task | None = None, *,
   data = _prepare_data(task, config, primary, log)
   environment.enable_compilation_cache()
   plan = plan_lib.make(config, task, output, data, mesh, hooks)  # builds and checks; writes nothing
-  if plan.warm:
-    log(plan.warm.summary())
   if primary:
     output.mkdir(parents=True, exist_ok=True)
   run_lock = lock_lib.RunLock(output) if primary else None
@@ -297,6 +295,8 @@ def _train(plan: plan_lib.Plan, requests: StopRequests, hooks: list[Hook],
 
 def _record_start(plan: plan_lib.Plan, state: RunState, resumed: bool, events,
                   log: Callable[[str], None]) -> None:
+  if plan.warm and not resumed:
+    log(plan.warm.summary())
   if resumed:
     epoch, within = plan.schedule.epoch(state.step)
     log(f"resuming {plan.output} from step {state.step} (epoch {epoch}, step {within} of "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -59,6 +60,19 @@ class RaisesInData(Fine):
 class NonScalarLoss(Fine):
   def loss(self, model, batch):
     return (model(batch["x"]) - batch["y"]) ** 2  # forgot the mean
+
+
+class WhileLoopLoss(Fine):
+  """Its loss traces, but its gradient does not: it fails only inside the compiled step."""
+
+  def loss(self, model, batch):
+    mse = jnp.mean((model(batch["x"]) - batch["y"]) ** 2)
+    return jax.lax.while_loop(lambda c: c[1] < 3, lambda c: (c[0] * 1.0, c[1] + 1), (mse, 0))[0]
+
+
+class RaisesInEvalMetrics(Fine):
+  def eval_metrics(self, model, batch):
+    raise KeyError("label")
 
 
 class SplitsDisagree(Fine):

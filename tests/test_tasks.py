@@ -327,6 +327,10 @@ def test_two_modules_holding_streams_get_different_keys():
     ("broken_tasks:EagerOnlyModel", "task fine: building the model (traced, under "
                                     "nnx.eval_shape) failed (ConcretizationTypeError"),
     ("broken_tasks:NonScalarLoss", "task fine: its loss is float32[16, 3], not a float scalar"),
+    ("broken_tasks:WhileLoopLoss", "task fine: a training step (the loss's gradient and the "
+                                   "update, traced) failed (ValueError: Reverse-mode"),
+    ("broken_tasks:RaisesInEvalMetrics", "task fine: eval_metrics on a batch of the train split "
+                                         "failed (KeyError: 'label')"),
     ("broken_tasks:SplitsDisagree", "the features of the train split disagree in length "
                                     "(x 64, y 63)"),
     ("broken_tasks:EmptySplit", "task fine: the train split is empty"),
