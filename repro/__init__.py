@@ -8,11 +8,13 @@ from repro import source
 from repro.checker import check
 from repro.config import Config
 from repro.errors import ReproError
+from repro.evaluation import Evaluation, evaluate
+from repro.exports import export
 from repro.runner import Result, run
 from repro.runstate import Hook, RunState, StepInfo
 from repro.task import Splits, Task
 from repro.trained import Trained, load
 
-__all__ = ["Config", "Hook", "ReproError", "Result", "RunState", "Splits", "StepInfo", "Task",
-           "Trained", "check", "load", "run"]
+__all__ = ["Config", "Evaluation", "Hook", "ReproError", "Result", "RunState", "Splits",
+           "StepInfo", "Task", "Trained", "check", "evaluate", "export", "load", "run"]
 __version__ = "0.1.0"

@@ -426,7 +426,7 @@ def eval_main(argv: list[str]) -> int:
 
 
 def define_export_flags() -> None:
-  from repro.export import DTYPES
+  from repro.exports import DTYPES
   _define_step_flag("to export")
   flags.DEFINE_string("out", None, "The export's directory (new).")
   flags.DEFINE_enum("dtype", "float32", list(DTYPES), "The dtype of the floating-point weights.")
@@ -436,7 +436,7 @@ def define_export_flags() -> None:
 @_one_line_errors
 def export_main(argv: list[str]) -> int:
   """bin/export RUN --out=DIR: 0 written, 2 bad input."""
-  from repro.export import export
+  from repro.exports import export
   out = export(argv[1], FLAGS.out, _step(FLAGS.step), FLAGS.dtype)
   print(f"exported {argv[1]} to {out} ({FLAGS.dtype}): restore {out}/model with Orbax, or "
         f"repro.load({str(out)!r})")

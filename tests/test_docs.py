@@ -36,8 +36,8 @@ from test_parallel import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 # The pages in the order a user needs them (README.md links each, in this order).
-PAGES = ("your-own-model", "command-line", "training", "big-data", "devices", "proving-it",
-         "faults", "performance", "limits")
+PAGES = ("your-own-model", "command-line", "training", "after-training", "big-data", "devices",
+         "proving-it", "faults", "performance", "limits")
 LANGUAGES = ("sh", "bash", "console", "python", "text")  # every fenced block says which
 ELIDED = "..."  # a console output line that stands for lines left out
 PROMPT = "$ "
@@ -77,6 +77,7 @@ def _two_steps(config, task=None, **kwargs):
   return _run(config, task, **kwargs)
 repro.run = _two_steps
 '''
+MEASURED = "docs/after-training.md shows it on Fashion-MNIST, measured (paths as a user's)"
 SINE = "import dataclasses"  # the first line of sine.py, the complete task
 RESUME = "bin/train --seed=0 --epochs=1 --output=runs/b"  # the tour's resumed run
 TWO_PROCESSES = ("--micro_shards=4 --output=runs/two --coordinator_address=localhost:12355 "
@@ -106,6 +107,17 @@ COMMANDS = {
     "bin/verify runs/a runs/b": How("tour"),
     "bin/plot runs/a runs/b --out=plot.png": How("tour"),
     "import jax.numpy as jnp": How("tour", file="load.py"),  # repro.load of runs/a
+    # README.md and docs/after-training.md: after training (runs/a is the tour's).
+    "bin/eval runs/a": How("tour", unshown=MEASURED),
+    "bin/eval runs/a --split=train --json": How("tour"),
+    "bin/train --seed=1 --epochs=1 --learning_rate=1e-4 --init_from=runs/a --output=runs/tuned":
+        How("tour", tiny=True),
+    "bin/verify --lineage runs/tuned": How("tour", unshown=MEASURED),
+    "bin/export runs/tuned --out=exports/tuned --dtype=bfloat16": How("tour"),
+    "# the export and the fine-tune, from Python": How("tour", file="exported.py"),
+    "def init_source(self, leaf: str) -> str | None:":
+        How(NOT_RUN, why="a method of a task, not a program: tests/test_warmstart.py's "
+            "test_fill_maps_and_skips_leaves_as_the_task_says... maps and skips leaves so"),
     # docs/your-own-model.md (and docs/proving-it.md's bin/check of the same task).
     SINE: How("sine", file="sine.py"),
     "PYTHONPATH=. bin/train --task=sine:Sine --epochs=20 --batch_size=32 --output=runs/sine-cli":

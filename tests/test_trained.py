@@ -189,7 +189,7 @@ def test_an_export_loads_in_plain_orbax_and_in_repro_with_the_runs_metrics(train
 
 def test_a_bfloat16_export_and_the_exports_refusals(trained_run, tmp_path):
   import orbax.checkpoint as ocp
-  from repro.export import export
+  from repro.exports import export
   _, result = trained_run
   export(result.output, tmp_path / "bf16", dtype="bfloat16")
   plain = ocp.StandardCheckpointer().restore(tmp_path / "bf16" / "model")

@@ -98,7 +98,7 @@ def test_the_lineage_names_the_source_its_step_and_digest(setup):
 
 def test_a_run_its_export_and_a_plain_orbax_tree_give_the_same_fine_tune(setup, tmp_path):
   make, source = setup
-  from repro.export import export
+  from repro.exports import export
   exported = export(source, tmp_path / "exported")
   weights = nnx.to_pure_dict(nnx.state(repro.load(source).model, nnx.Not(nnx.RngState)))
   checkpointer = ocp.StandardCheckpointer()  # as a user without repro writes it

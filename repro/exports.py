@@ -1,4 +1,4 @@
-"""repro.export: a trained model's weights alone, in a plain Orbax tree, with where it came from.
+"""repro.export (this module's export): a trained model's weights alone, in a plain Orbax tree, with where it came from.
 
     <out>/model        an Orbax StandardCheckpointer tree: the model's pure dict
                        (every Variable but the random streams' state), no optimizer
