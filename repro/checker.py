@@ -245,7 +245,7 @@ def _python_path() -> str:
   return os.pathsep.join(dict.fromkeys(extra))
 
 
-def _env(way: Way, cache: Path) -> dict[str, str]:
+def process_env(way: Way, cache: Path) -> dict[str, str]:
   env = dict(os.environ, PYTHONPATH=_python_path(), JAX_COMPILATION_CACHE_DIR=str(cache),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",  # every program, even tiny ones
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", PYTHONUNBUFFERED="1")
@@ -273,7 +273,7 @@ def run_way(way: Way, config: Config, steps: int, workdir: Path, task_file: Path
     config_file.write_text(json.dumps(config.replace(max_steps=target).to_dict()))
     done = subprocess.run(check_run.command(task_file, config_file, cpus=cpus, main=main,
                                             twice=twice),
-                          env=_env(way, cache), capture_output=True, text=True)
+                          env=process_env(way, cache), capture_output=True, text=True)
     if done.returncode != 0:
       last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
       raise RunFailed(f"{way.name} run failed (exit {done.returncode}): {last}")
@@ -396,7 +396,7 @@ def check(config: Config, task: task_lib.Task | None = None, *, steps: int = 20,
   if unknown or not pairs:
     raise ReproError(f"--check_pairs: unknown {', '.join(unknown) or '(none given)'}; choose "
                      f"from {','.join(PAIRS)}")
-  main = _main_file(task)
+  main = main_file(task)
   import jax
   ways, compared, skipped = plan(config, steps, len(os.sched_getaffinity(0)),
                                  jax.default_backend(), tuple(dict.fromkeys(pairs)))
@@ -409,7 +409,7 @@ def check(config: Config, task: task_lib.Task | None = None, *, steps: int = 20,
     if isinstance(runs[BASE], RunFailed):
       raise ReproError(f"the task's plain run failed, so nothing can be compared: "
                        f"{runs[BASE]}")
-    features = _train_features(task, config)
+    features = train_features(task, config)
     rows = compare_pairs(compared, runs, host_callbacks(task, config, features)) + skipped
   finally:
     if not workdir:
@@ -440,7 +440,7 @@ def _run_all(ways: list[Way], config: Config, steps: int, root: Path, main: str 
   return runs
 
 
-def _train_features(task: task_lib.Task, config: Config) -> dict:
+def train_features(task: task_lib.Task, config: Config) -> dict:
   from repro import splits as splits_lib
   try:
     return splits_lib.check(task.data(), task_lib.task_name(task))["train"].features()
@@ -448,7 +448,7 @@ def _train_features(task: task_lib.Task, config: Config) -> dict:
     return {}
 
 
-def _main_file(task: task_lib.Task) -> str | None:
+def main_file(task: task_lib.Task) -> str | None:
   """The script a task's class is defined in, when that is __main__ (loaded in each run)."""
   if type(task).__module__ != "__main__":
     return None

@@ -484,3 +484,27 @@ def check_main(argv: list[str]) -> int:
                          workdir=FLAGS.check_dir, log=lambda line: print(line, file=sys.stderr))
   print(checker.format_report(report), flush=True)
   return report.exit_code
+
+
+def define_audit_flags() -> None:
+  flags.DEFINE_string("links", "all", "The links to audit: all, or N of them (evenly spaced; "
+                      "the rule is printed).")
+  flags.DEFINE_boolean("from_start", False, "Also audit the link from the seed (step 0) to "
+                       "the first kept checkpoint.")
+  flags.DEFINE_integer("jobs", 1, "Links trained at a time (each in a fresh process).",
+                       lower_bound=1)
+  flags.DEFINE_string("out", None, "Where to write the report (default <run>.audit.json, "
+                      "beside the run).")
+
+
+@_one_line_errors
+def audit_main(argv: list[str]) -> int:
+  """bin/audit RUN: 0 every audited link equal, 1 one differs (or a check fails), 2 bad input."""
+  from repro import audit
+  if FLAGS.links != "all" and not FLAGS.links.isdigit():
+    _exit_bad_input(f"--links={FLAGS.links}: pass --links=all or --links=<a number>")
+  links = None if FLAGS.links == "all" else int(FLAGS.links)
+  found = audit.audit(argv[1], links, FLAGS.from_start, FLAGS.jobs, FLAGS.out,
+                      log=lambda line: print(line, file=sys.stderr))
+  _print(audit.report(found))
+  return found.exit_code

@@ -228,6 +228,8 @@ def run(config: Config, task: task_lib.Task | None = None, *,
   primary = parallel.is_primary()
   log = log if primary else (lambda _: None)  # one process speaks
   output = _check_output(config, task)
+  if config.init_from:
+    warmstart.check_source(config.init_from, output)
   data = _prepare_data(task, config, primary, log)
   environment.enable_compilation_cache()
   plan = plan_lib.make(config, task, output, data, mesh, hooks)  # builds and checks; writes nothing

@@ -55,7 +55,7 @@ class Stored:
     return self.meta.get("config", {})
 
 
-def _finalized(run: Path) -> list[int]:
+def finalized(run: Path) -> list[int]:
   # Orbax renames <step>.orbax-checkpoint-tmp* to <step> only once complete.
   return sorted(int(p.name) for p in run.iterdir() if p.name.isdigit() and (p / "state").is_dir())
 
@@ -78,7 +78,7 @@ def locate(path: str | Path, step: int | str | None = None) -> Path:
   if (path / "state").is_dir() and step is None:
     return path
   run = path.parent if (path / "state").is_dir() else path
-  steps = _finalized(run)
+  steps = finalized(run)
   if not steps:
     raise ReproError(f"{run} holds no finalized checkpoint: pass a run directory (or a step "
                      f"directory <run>/<step>) of a run that saved one")

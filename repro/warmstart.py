@@ -46,6 +46,14 @@ def absolute(spec: str) -> str:
   return str(path.absolute()) + (f":{step}" if step is not None else "")
 
 
+def check_source(spec: str, output: Path) -> None:
+  """Refuses a source inside the run's own output: a run cannot start from itself."""
+  source = parse(spec)[0].absolute()
+  if source == output or output in source.parents:
+    raise ReproError(f"--init_from={spec} is inside this run's --output {output}: a run cannot "
+                     f"start from itself; pass another run's directory")
+
+
 @dataclasses.dataclass(frozen=True)
 class Filled:
   """Which of the model's weights came from the source, and which did not."""
