@@ -500,11 +500,30 @@ def define_audit_flags() -> None:
 @_one_line_errors
 def audit_main(argv: list[str]) -> int:
   """bin/audit RUN: 0 every audited link equal, 1 one differs (or a check fails), 2 bad input."""
-  from repro import audit
+  from repro import audits
   if FLAGS.links != "all" and not FLAGS.links.isdigit():
     _exit_bad_input(f"--links={FLAGS.links}: pass --links=all or --links=<a number>")
   links = None if FLAGS.links == "all" else int(FLAGS.links)
-  found = audit.audit(argv[1], links, FLAGS.from_start, FLAGS.jobs, FLAGS.out,
+  found = audits.audit(argv[1], links, FLAGS.from_start, FLAGS.jobs, FLAGS.out,
                       log=lambda line: print(line, file=sys.stderr))
-  _print(audit.report(found))
+  _print(audits.report(found))
   return found.exit_code
+
+
+def define_replay_flags() -> None:
+  flags.DEFINE_integer("step", None, "The step to replay (1 <= N <= the run's last step).")
+  flags.DEFINE_string("dump", None, "Write the step's batch, gradients and parameters before "
+                      "and after to this .npz file.")
+
+
+@_one_line_errors
+def replay_main(argv: list[str]) -> int:
+  """bin/replay RUN --step=N: 0 the replayed step equals the run's trace, 1 it differs, 2 bad
+  input."""
+  from repro import replays
+  if FLAGS.step is None:
+    _exit_bad_input("bin/replay needs --step=N: the step to replay")
+  found = replays.replay(argv[1], FLAGS.step, FLAGS.dump,
+                        log=lambda line: print(line, file=sys.stderr))
+  _print(replays.report(found))
+  return 0 if found.equal else 1

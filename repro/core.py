@@ -79,7 +79,7 @@ def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.array([jnp.all(jnp.isfinite(leaf)) for leaf in floats] or [True]))
 
 
-def _shard_fn(task: Task, model_def, params, streams, other) -> Callable:
+def shard_fn(task: Task, model_def, params, streams, other) -> Callable:
   """fn(batch, key) -> (loss, metrics, grads, other state after the forward pass)."""
 
   def shard(batch, key):
@@ -174,7 +174,7 @@ def make_step(graphdef: nnx.GraphDef, task: Task, reduction, keys: dict) -> Call
     model = objects["model"]
     model.train()  # repro sets the mode: dropout on, batch statistics (the task need not)
     model_def, params, streams, other = nnx.split(model, nnx.Param, nnx.RngState, ...)
-    shard = _shard_fn(task, model_def, params, streams, other)
+    shard = shard_fn(task, model_def, params, streams, other)
     step_key = rng.step_key(keys, global_step)
     loss, metrics, grads, other = reduction(shard, examples, step_key, trip)
     nnx.update(model, other)

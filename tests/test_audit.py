@@ -1,32 +1,40 @@
-"""bin/audit: a run's kept checkpoints follow from one another, bit for bit (issue 21, item 1).
+"""bin/audit and bin/replay (issue 21): a run's kept checkpoints follow from one another, bit for
+bit, and any step of it replays to what its trace recorded.
 
 An untouched run (interrupted, resumed and host-fed) audits equal; a middle checkpoint swapped
 for another seed's, its checksums made consistent so that only an audit can tell, fails at the
 links into and out of it, naming them; a task with unseeded NumPy randomness fails its audit
-from the seed with that cause named.
+from the seed with that cause named. A replayed step equals the trace (from the seed and from a
+checkpoint) and its dump holds the state before and after it; a replay after the swapped
+checkpoint differs.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import tiny_tasks
 from conftest import quiet
-from repro import Config, ReproError, audit
+from repro import Config, ReproError, audits
 from test_tasks import ENV, TESTS
 
-AUDIT = TESTS.parent / "bin" / "audit"
 
 
-def bin_audit(*args) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, str(AUDIT), *map(str, args)], env=ENV,
-                        capture_output=True, text=True, timeout=600)
+def command(name: str, *args) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, str(TESTS.parent / "bin" / name), *map(str, args)],
+                        env=ENV, capture_output=True, text=True, timeout=600)
+
+
+bin_audit = functools.partial(command, "audit")
+bin_replay = functools.partial(command, "replay")
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +73,16 @@ def test_an_untouched_run_audits_equal_from_the_seed_and_writes_its_report_besid
 
 def test_one_link_of_several_is_chosen_by_a_fixed_rule(runs, tmp_path):
   run, _ = runs
-  found = audit.audit(run, links=1, out=tmp_path / "one.json", log=lambda _: None)
+  found = audits.audit(run, links=1, out=tmp_path / "one.json", log=lambda _: None)
   assert found.rule == "1 of the 2 links, evenly spaced from the first to the last (fixed by " \
       "the run)" and [(link.start, link.end) for link in found.links] == [(5, 8)]
   assert found.exit_code == 0
 
 
-def test_a_swapped_checkpoint_with_consistent_checksums_fails_at_its_links(runs, tmp_path):
+def swapped(runs, root: Path) -> Path:
+  """A copy of the run whose step 8 is the seed-5 run's, its checksums made consistent."""
   run, other = runs
-  copy = tmp_path / "run"
+  copy = root / "run"
   shutil.copytree(run, copy)
   shutil.rmtree(copy / "8" / "state")
   shutil.copytree(other / "8" / "state", copy / "8" / "state")
@@ -82,7 +91,11 @@ def test_a_swapped_checkpoint_with_consistent_checksums_fails_at_its_links(runs,
                                                            other / "8" / "manifest" / "metadata"))
   manifest.update(leaf_digests=theirs["leaf_digests"], state_digest=theirs["state_digest"])
   manifest_file.write_text(json.dumps(manifest))
-  found = audit.audit(copy, log=lambda _: None)
+  return copy
+
+
+def test_a_swapped_checkpoint_with_consistent_checksums_fails_at_its_links(runs, tmp_path):
+  found = audits.audit(swapped(runs, tmp_path), log=lambda _: None)
   assert found.problems == []  # the checksums and identities hold: only the audit can tell
   into, out_of = found.links
   assert (into.start, into.end, into.equal) == (5, 8, False)
@@ -91,7 +104,7 @@ def test_a_swapped_checkpoint_with_consistent_checksums_fails_at_its_links(runs,
   assert "first at step 9 (loss)" in out_of.detail
   assert "the checkpoint of step 8 is not the state the run trained on" in out_of.cause
   assert found.exit_code == 1
-  text = audit.report(found)
+  text = audits.report(found)
   assert "5 -> 8   DIFFERS" in text and "8 -> 10  DIFFERS" in text
 
 
@@ -101,7 +114,7 @@ def test_a_task_with_unseeded_numpy_randomness_fails_its_audit_from_the_seed(idx
                   chunk_steps=2, progress=False, task="check_tasks:NumpyInit",
                   task_options={"data_dir": str(idx_dir), "tfds_dir": str(tfds_dir)})
   quiet(config)
-  found = audit.audit(tmp_path / "numpy", links=1, from_start=True, log=lambda _: None)
+  found = audits.audit(tmp_path / "numpy", links=1, from_start=True, log=lambda _: None)
   first = found.links[0]
   assert (first.start, first.equal) == (0, False) and "step 0 (init)" in first.detail
   assert "NumPy or time-based randomness in the task" in first.cause
@@ -124,4 +137,74 @@ def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, args, message):
 
 def test_a_run_with_one_checkpoint_says_what_to_pass(tmp_path):
   with pytest.raises(ReproError, match="only one kept checkpoint .*pass --from_start"):
-    audit.choose([10], None, False)
+    audits.choose([10], None, False)
+
+
+def model_params(step_dir: Path) -> dict:
+  import repro
+  from repro import digest
+  from flax import nnx
+  return digest.named_leaves(nnx.to_pure_dict(nnx.state(repro.load(step_dir).model, nnx.Param)))
+
+
+def test_a_replayed_step_equals_the_trace_and_its_dump_holds_the_state_around_it(runs, tmp_path):
+  run, _ = runs
+  before = listing(run)
+  done = bin_replay(run, "--step=8", f"--dump={tmp_path / 'eight.npz'}")
+  assert done.returncode == 0, done.stdout + done.stderr
+  assert "replayed step 8: equal to the run" in done.stdout
+  assert "batch: 16 examples, positions in the train split: " in done.stdout
+  assert "replaying step 8 of " in done.stderr and "from checkpoint 5" in done.stderr
+  dump, after = np.load(tmp_path / "eight.npz"), model_params(run / "8")
+  assert sorted(after) == sorted(k[len("after/"):] for k in dump if k.startswith("after/"))
+  for name, value in after.items():  # the dump's parameters after step 8 are the checkpoint's
+    assert np.array_equal(dump[f"after/{name}"], value), name
+    assert dump[f"grad/{name}"].shape == value.shape
+  assert any(not np.array_equal(dump[f"before/{n}"], v) for n, v in after.items())
+  assert len(dump["indices"]) == 16 and len(set(dump["indices"].tolist())) == 16
+  assert listing(run) == before  # nothing written into the run
+
+
+def test_the_first_step_replays_from_the_seed(runs):
+  run, _ = runs
+  import repro
+  found = repro.replay(run, 1, log=lambda _: None)
+  assert found.equal and found.start == 0 and len(found.indices) == 16
+  assert found.grad_norm > 0 and found.update_norm > 0
+  assert sorted(found.leaf_norms) == sorted(model_params(run / "5"))
+
+
+def test_a_step_after_a_swapped_checkpoint_replays_different(runs, tmp_path):
+  done = bin_replay(swapped(runs, tmp_path), "--step=9")
+  assert done.returncode == 1, done.stdout + done.stderr
+  assert "replayed step 9: DIFFERENT from the run: its loss, params differ from trace.jsonl" \
+      in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "bin/replay needs --step=N: the step to replay"),
+    (["--step=99"], "has no step 99 in its trace.jsonl: pass --step=N with 1 <= N <= 10"),
+    (["--step=0"], "has no step 0 in its trace.jsonl"),
+])
+def test_a_bad_replay_is_one_line_and_exit_2(runs, args, message):
+  done = bin_replay(runs[0], *args)
+  assert done.returncode == 2 and message in done.stderr, done.stderr
+  assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_run_on_two_devices_replays_and_audits_on_two(runs, tmp_path):
+  from repro import stored
+  config = Config.from_dict(stored.find(runs[0], 10).config).replace(
+      output=str(tmp_path / "two"), devices=2, max_steps=6, checkpoint_every=3, data_path="device")
+  listing_file = tmp_path / "configs.json"
+  listing_file.write_text(json.dumps([config.to_dict()]))
+  done = subprocess.run([sys.executable, str(TESTS / "run_configs.py"), str(listing_file)],
+                        env={**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+                        capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  replayed = bin_replay(tmp_path / "two", "--step=5")
+  assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+  assert "replayed step 5: equal to the run" in replayed.stdout
+  assert "on 2 devices, in a fresh process" in replayed.stderr
+  audited = bin_audit(tmp_path / "two")
+  assert audited.returncode == 0 and "3 -> 6  equal" in audited.stdout, audited.stdout

@@ -78,6 +78,11 @@ def _two_steps(config, task=None, **kwargs):
 repro.run = _two_steps
 '''
 MEASURED = "docs/after-training.md shows it on Fashion-MNIST, measured (paths as a user's)"
+AUDITED = ("measured on Fashion-MNIST (the tiny run's steps differ); tests/test_audit.py checks "
+           "these lines")
+SWAPPED = ("docs/proving-it.md's swapped run is tests/test_audit.py's: test_a_swapped_checkpoint_"
+           "with_consistent_checksums_fails_at_its_links and test_a_step_after_a_swapped_"
+           "checkpoint_replays_different make it and check these lines")
 SINE = "import dataclasses"  # the first line of sine.py, the complete task
 RESUME = "bin/train --seed=0 --epochs=1 --output=runs/b"  # the tour's resumed run
 TWO_PROCESSES = ("--micro_shards=4 --output=runs/two --coordinator_address=localhost:12355 "
@@ -115,6 +120,10 @@ COMMANDS = {
     "bin/verify --lineage runs/tuned": How("tour", unshown=MEASURED),
     "bin/export runs/tuned --out=exports/tuned --dtype=bfloat16": How("tour"),
     "# the export and the fine-tune, from Python": How("tour", file="exported.py"),
+    # README.md: proving it (runs/b is the tour's resumed run: kept steps 2 and 4 here).
+    "bin/audit runs/b": How("tour", unshown=AUDITED),
+    "bin/replay runs/b --step=734 --dump=step734.npz":
+        How("tour", extra=("--step=3",), unshown=AUDITED),  # the tiny run has 4 steps
     "def init_source(self, leaf: str) -> str | None:":
         How(NOT_RUN, why="a method of a task, not a program: tests/test_warmstart.py's "
             "test_fill_maps_and_skips_leaves_as_the_task_says... maps and skips leaves so"),
@@ -151,6 +160,8 @@ COMMANDS = {
     # docs/proving-it.md: the runs they compare are made by prepare_verify.
     "bin/verify runs/seed0 runs/seed1": How("verify", exit=1),
     "bin/verify runs/lr1e-3 runs/lr2e-3": How("verify", exit=1),
+    "bin/audit runs/swapped": How(NOT_RUN, why=SWAPPED),
+    "bin/replay runs/swapped --step=501": How(NOT_RUN, why=SWAPPED),
 }
 
 

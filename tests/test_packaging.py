@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import os
 import re
 from pathlib import Path
 
@@ -69,3 +70,11 @@ def test_every_manifest_records_the_lock_digest():
   versions = environment.describe()["versions"]
   assert versions["lock_digest"] == hashlib.sha256(locks()["runtime"].read_bytes()).hexdigest()
   assert versions["differs_from_lock"] == []
+
+
+def test_every_command_of_bin_is_installed_and_executable():
+  cfg = configparser.ConfigParser()
+  cfg.read(ROOT / "setup.cfg")
+  scripts = [l.strip() for l in cfg["options"]["scripts"].splitlines() if l.strip()]
+  assert sorted(scripts) == sorted(f"bin/{p.name}" for p in (ROOT / "bin").iterdir())
+  assert all(os.access(ROOT / script, os.X_OK) for script in scripts)

@@ -194,7 +194,7 @@ def test_fill_maps_and_skips_leaves_as_the_task_says_and_leaves_random_streams_a
     ("nowhere", r"nowhere is not a directory: pass a run directory"),
     ("SOURCE:99", r"has no finalized checkpoint of step 99: pass one of 4, 8, 10"),
     ("RESNET", r"--init_from=.*: no weight of the model has a leaf of its path and shape"),
-    ("SELF:4", r"--init_from=.*/ft-bad/4 is inside this run's --output .*/ft-bad: a run cannot "
+    ("SELF:4", r"--init_from=.*/ft-bad/4:4 is inside this run's --output .*/ft-bad: a run cannot "
                r"start from itself"),
 ])
 def test_a_bad_source_is_one_line(setup, spec, message, tmp_path):

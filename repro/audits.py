@@ -173,27 +173,39 @@ def _train_links(run: Path, pairs: list, task: task_lib.Task, config: Config, ro
   return [future.result() for future in futures]
 
 
+def devices_used(step: stored_lib.Stored) -> int:
+  """The device count the run trained that step on (its recorded platform)."""
+  return step.meta.get("environment", {}).get("platform", {}).get("devices_used", 1)
+
+
+def train_fresh(config: Config, root: Path, name: str, devices: int, main: str | None) -> str:
+  """Trains `config` (the task in root/task.json, checker.save_task) in a fresh process on
+  `devices` devices, as the run did; '' or the failure's one line."""
+  from repro import check_run
+  config_file = root / f"{name}.json"
+  config_file.write_text(json.dumps(config.replace(progress=False).to_dict()))
+  way = checker.Way(devices=devices if devices > 1 else 0)
+  done = subprocess.run(check_run.command(root / "task.json", config_file, main=main),
+                        env=checker.process_env(way, root / "cache"), capture_output=True,
+                        text=True)
+  if done.returncode == 0:
+    return ""
+  last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+  return f"its run failed (exit {done.returncode}): {last}"
+
+
 def _one_link(run: Path, a: int, b: int, root: Path, main: str | None,
               callbacks: list[str]) -> Link:
   """Trains a copy of step a (or the seed) to step b in a fresh process; compares with b."""
-  from repro import check_run
   output = root / f"link-{a}-{b}"
   output.mkdir()
   if a:
     shutil.copytree(run / str(a), output / str(a))
   target = stored_lib.find(run, b)
-  config = Config.from_dict(target.config).replace(output=str(output), max_steps=b,
-                                                   progress=False)
-  config_file = root / f"link-{a}-{b}.json"
-  config_file.write_text(json.dumps(config.to_dict()))
-  devices = target.meta.get("environment", {}).get("platform", {}).get("devices_used", 1)
-  way = checker.Way(devices=devices if devices > 1 else 0)
-  done = subprocess.run(check_run.command(root / "task.json", config_file, main=main),
-                        env=checker.process_env(way, root / "cache"), capture_output=True,
-                        text=True)
-  if done.returncode != 0:
-    last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-    return Link(a, b, None, f"its run failed (exit {done.returncode}): {last}")
+  config = Config.from_dict(target.config).replace(output=str(output), max_steps=b)
+  failed = train_fresh(config, root, output.name, devices_used(target), main)
+  if failed:
+    return Link(a, b, None, failed)
   return _compare(run, output, a, b, callbacks)
 
 
