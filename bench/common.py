@@ -142,3 +142,13 @@ def write_report(report: dict, out: str, **environment_extra) -> None:
   Path(out).parent.mkdir(parents=True, exist_ok=True)
   Path(out).write_text(text + "\n")
   print(f"wrote {out}")
+
+
+def licences_file() -> Path:
+  """Debian's licence texts, concatenated into a temporary file: the charlm benchmarks' text."""
+  import tempfile
+  licences = Path(tempfile.mkdtemp()) / "licences.txt"
+  texts = [p.read_text(encoding="utf-8", errors="replace")
+           for p in sorted(Path("/usr/share/common-licenses").iterdir()) if p.is_file()]
+  licences.write_text("\n".join(texts), encoding="utf-8")
+  return licences

@@ -13,7 +13,8 @@ fastest of each kept (best of --rounds):
 Models (the same model, loss and optimizer on both sides, batch 64):
   article    the source article's DigitClassifier as written (nnx.Conv), Adam
   bn_dropout nnx.Conv + BatchNorm + Dropout + max pooling, clip + AdamW
-  resnet     the ResNet example (repro.tasks.resnet), nnx.Conv + BatchNorm
+  resnet     the ResNet example (repro.tasks.resnet), nnx.Conv + BatchNorm, without
+             its augmentation (the loop has none; bench/augment.py measures it)
   charlm     the transformer example (repro.tasks.charlm, its default size)
   strided    a 5x5 stride-2 convolution and a ConvTranspose (an autoencoder-ish
              classifier), Adam
@@ -92,11 +93,9 @@ def _tasks():
     def model(self, rngs):
       return StridedNet(rngs)
 
-  licences = Path(tempfile.mkdtemp()) / "licences.txt"
-  texts = [p.read_text(encoding="utf-8", errors="replace")
-           for p in sorted(Path("/usr/share/common-licenses").iterdir()) if p.is_file()]
-  licences.write_text("\n".join(texts), encoding="utf-8")
-  return {"article": CNN(), "bn_dropout": BnDropout(), "resnet": ResNet(),
+  from common import licences_file
+  licences = licences_file()
+  return {"article": CNN(), "bn_dropout": BnDropout(), "resnet": ResNet(augment_images=False),
           "charlm": CharLM(text=str(licences)), "strided": Strided()}
 
 

@@ -11,13 +11,13 @@ from repro.config import Config
 from repro.errors import ReproError
 from repro.evaluation import Evaluation, evaluate
 from repro.exports import export
-from repro.replays import replay
+from repro.replays import augmented, replay
 from repro.runner import Result, run
 from repro.runstate import Hook, RunState, StepInfo
 from repro.task import Splits, Task
 from repro.trained import Trained, load
 
 __all__ = ["Config", "Evaluation", "Hook", "ReproError", "Result", "RunState", "Splits",
-           "StepInfo", "Task", "Trained", "audit", "check", "evaluate", "export", "load", "replay",
-           "run"]
+           "StepInfo", "Task", "Trained", "audit", "augmented", "check", "evaluate", "export",
+           "load", "replay", "run"]
 __version__ = "0.1.0"

@@ -109,7 +109,19 @@ def _checks(run: Path, steps: list[int]) -> tuple[list[str], dict]:
                     if (identity or {}).get(k) != (first[1] or {}).get(k))
       problems.append(f"step {step}: its identity differs from step {first[0]}'s "
                       f"({', '.join(keys)})")
-  return problems, found.meta
+  return problems + _source_problems(found), found.meta
+
+
+def _source_problems(newest: stored_lib.Stored) -> list[str]:
+  """A fine-tune is retrained from its --init_from source: is it still there, unchanged?"""
+  from repro import lineage
+  if not newest.lineage:
+    return []
+  source = lineage.check(newest.path).rows[0]
+  if source.status == lineage.INTACT:
+    return []
+  return [f"its --init_from source {source.entry['path']} is {source.status} ({source.why}): "
+          f"the fine-tune cannot be retrained without it (bin/verify --lineage)"]
 
 
 def _scope(manifest: dict) -> dict:
@@ -134,10 +146,7 @@ def audit(run: str | Path, links: int | None = None, from_start: bool = False, j
   ReproError (one line) for a bad run, bad arguments or a task that cannot be rebuilt.
   """
   start_time = time.perf_counter()
-  run = Path(run).expanduser().absolute()
-  steps = stored_lib.finalized(run) if run.is_dir() else []
-  if not steps:
-    raise ReproError(f"{run} holds no finalized checkpoint: pass a run directory")
+  run, steps = stored_lib.run_steps(run)
   out = Path(out).expanduser().absolute() if out else run.parent / f"{run.name}.audit.json"
   if run in out.parents:
     raise ReproError(f"--out {out} is inside the audited run: pass a path outside it")
@@ -145,7 +154,7 @@ def audit(run: str | Path, links: int | None = None, from_start: bool = False, j
   pairs, rule = choose(steps, links, from_start)
   config = Config.from_dict(manifest["config"])
   if task is None:
-    task = task_lib.with_options(task_lib.resolve(config.task), config.task_options, config.task)
+    task = task_lib.recorded(config)
   log(f"auditing {run}: {rule} ({', '.join(f'{a} -> {b}' for a, b in pairs)})")
   with tempfile.TemporaryDirectory(prefix="repro-audit-") as root:
     found = _train_links(run, pairs, task, config, Path(root), jobs)

@@ -501,8 +501,8 @@ def define_audit_flags() -> None:
 def audit_main(argv: list[str]) -> int:
   """bin/audit RUN: 0 every audited link equal, 1 one differs (or a check fails), 2 bad input."""
   from repro import audits
-  if FLAGS.links != "all" and not FLAGS.links.isdigit():
-    _exit_bad_input(f"--links={FLAGS.links}: pass --links=all or --links=<a number>")
+  if FLAGS.links != "all" and not (FLAGS.links.isdigit() and int(FLAGS.links) > 0):
+    _exit_bad_input(f"--links={FLAGS.links}: pass --links=all or --links=<a number >= 1>")
   links = None if FLAGS.links == "all" else int(FLAGS.links)
   found = audits.audit(argv[1], links, FLAGS.from_start, FLAGS.jobs, FLAGS.out,
                       log=lambda line: print(line, file=sys.stderr))

@@ -32,7 +32,7 @@ from flax import nnx
 
 from repro import rng
 from repro import shuffle
-from repro.task import Task, unpack_loss
+from repro.task import Task, augments, unpack_loss
 
 # Examples per evaluation batch. Measured on the reference CNN (BUILD.md): 1000
 # made the test evaluation the run's peak memory (conv2's im2col patches alone
@@ -194,8 +194,10 @@ def trace_step(graphdef: nnx.GraphDef, task: Task, state, keys: dict, features: 
            for k, (dtype, shape) in features.items()}
 
   def probe(state, batch, keys):
-    step = make_step(graphdef, task, Local(batch_size), keys)
-    return step(state, lambda start, size: batch, jnp.int32(0), jnp.int32(1))
+    step = _traced(make_step(graphdef, task, Local(batch_size), keys),
+                   augmenter(task, keys, batch_size, batch_size))
+    return step(state, jnp.int32(0), jnp.int32(1), jnp.zeros(batch_size, jnp.int32),
+                lambda start, size: batch)
 
   jax.eval_shape(probe, state, batch, keys)
 
@@ -220,7 +222,8 @@ def make_train_chunk(graphdef: nnx.GraphDef, task: Task, *, chunk_steps: int,
   rows = batch_size // (mesh.size if mesh is not None else 1)  # a device's rows, host-fed
 
   def chunk(state, inputs, keys, first_step, num_steps, trip):
-    step = _traced(make_step(graphdef, task, reduction, keys))
+    step = _traced(make_step(graphdef, task, reduction, keys),
+                   augmenter(task, keys, num_examples, batch_size))
     if host_fed:
       examples_at = _fed_examples(inputs, rows, mesh)
     else:
@@ -256,7 +259,8 @@ def make_train_step(graphdef: nnx.GraphDef, task: Task, *, num_examples: int, ba
   spe = shuffle.steps_per_epoch(num_examples, batch_size)
 
   def one(state, inputs, keys, global_step, index, trip):
-    step = _traced(make_step(graphdef, task, reduction, keys))
+    step = _traced(make_step(graphdef, task, reduction, keys),
+                   augmenter(task, keys, num_examples, batch_size))
     if host_fed:
       return step(state, global_step, trip, *_fed_examples(inputs, rows, mesh)(index))
     data, perm = inputs
@@ -273,11 +277,42 @@ def make_train_step(graphdef: nnx.GraphDef, task: Task, *, num_examples: int, ba
   return train_step
 
 
-def _traced(step: Callable) -> Callable:
+def augment_batch(task: Task, keys: dict, batch: dict, idx: jax.Array, epoch) -> dict:
+  """The batch's examples through task.augment, each with the key of (seed, epoch, its
+  position `idx` in the train split) (traceable)."""
+  example_keys = jax.vmap(lambda i: rng.example_key(keys, epoch, i))(idx)
+  return jax.vmap(task.augment)(batch, example_keys)
+
+
+def augmenter(task: Task, keys: dict, num_examples: int, batch_size: int) -> Callable | None:
+  """fn(examples, idx, global_step) -> examples, augmented (None: the task does not augment).
+
+  examples(start, size) gives positions [start, start + size) of the step's global batch,
+  whose split positions are idx[start:start + size]: each device and micro-shard augments
+  its own examples, with their own keys.
+  """
+  if not augments(task):
+    return None
+  steps_per_epoch = shuffle.steps_per_epoch(num_examples, batch_size)
+
+  def augmented(examples, idx, global_step):
+    def at(start, size):
+      positions = jax.lax.dynamic_slice_in_dim(idx, start, size)
+      return augment_batch(task, keys, examples(start, size), positions,
+                           global_step // steps_per_epoch)
+    return at
+
+  return augmented
+
+
+def _traced(step: Callable, augment: Callable | None) -> Callable:
   """step(state, examples, global_step, trip) as fn(state, global_step, trip, idx, examples)
-  -> (state, {'loss', 'batch', 'params', 'metrics'}): the step and its trace entry."""
+  -> (state, {'loss', 'batch', 'params', 'metrics'}): the step (on the examples augmented,
+  if `augment`) and its trace entry."""
 
   def traced(state, global_step, trip, idx, examples):
+    if augment is not None:
+      examples = augment(examples, idx, global_step)
     state, loss, metrics = step(state, examples, global_step, trip)
     return state, {"loss": loss, "batch": fingerprint(idx),
                    "params": fingerprint(state["model"]), "metrics": metrics}

@@ -1,4 +1,4 @@
-"""repro.export (this module's export): a trained model's weights alone, in a plain Orbax tree, with where it came from.
+"""repro.export: a trained model's weights alone, in a plain Orbax tree, with where it came from.
 
     <out>/model        an Orbax StandardCheckpointer tree: the model's pure dict
                        (every Variable but the random streams' state), no optimizer
@@ -45,6 +45,12 @@ def export(path: str | Path, out: str | Path, step: int | str | None = None,
   if dtype not in DTYPES:
     raise ReproError(f"unknown dtype {dtype!r}: pass --dtype=" + " or --dtype=".join(DTYPES))
   out = _check_out(Path(out).expanduser().absolute())
+  source_dir = Path(path).expanduser().absolute()
+  if (source_dir / "state").is_dir():  # a step: the run holds it
+    source_dir = source_dir.parent
+  if source_dir == out or source_dir in out.parents:
+    raise ReproError(f"--out {out} is inside the exported run {source_dir}: pass a path "
+                     f"outside it")
   restored = trained_lib.restore(path, step)
   model = nnx.merge(restored.built.graphdef, restored.state)["model"]
   weights = jax.tree.map(lambda leaf: _cast(leaf, dtype),

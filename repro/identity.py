@@ -128,12 +128,20 @@ def default_output(config: Config, task: Task) -> str:
   return f"runs/seed{config.seed}-{hashlib.sha256(blob).hexdigest()[:8]}"
 
 
+def _differing(key: str, found, value) -> list[str]:
+  """The refusal's lines of one field; of each differing entry where both are dicts."""
+  if isinstance(found, dict) and isinstance(value, dict):
+    return [f"  {key}.{k}: checkpoint {found.get(k, 'none')!r}, requested {value.get(k, 'none')!r}"
+            for k in sorted(set(found) | set(value)) if found.get(k) != value.get(k)]
+  return [f"  {key}: checkpoint {found!r}, requested {value!r}"]
+
+
 def check_compatible(output: Path, step: int, found: dict, expected: dict) -> None:
   """Refuses, one line per differing field, a checkpoint of another identity."""
   found = {**DEFAULTS, **found}
   expected = {**DEFAULTS, **expected}
-  diffs = [f"  {key}: checkpoint {found.get(key)!r}, requested {value!r}"
-           for key, value in expected.items() if found.get(key) != value]
+  diffs = [line for key, value in expected.items() if found.get(key) != value
+           for line in _differing(key, found.get(key), value)]
   diffs += [f"  {key}: checkpoint {value!r}, requested none" for key, value in found.items()
             if key not in expected]
   _refuse(output, step, "it was trained with other settings that change the bits", diffs)

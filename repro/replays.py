@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -39,7 +39,6 @@ from repro import stored as stored_lib
 from repro import task as task_lib
 from repro import trained as trained_lib
 from repro import warmstart
-from repro.components import hex32
 from repro.config import Config
 from repro.errors import ReproError
 
@@ -70,6 +69,14 @@ class Replayed:
     return not self.differs
 
 
+def _check_dump(run: Path, dump: Path) -> None:
+  if run in dump.parents:
+    raise ReproError(f"--dump {dump} is inside the replayed run: pass a path outside it")
+  if not dump.parent.is_dir() or not os.access(dump.parent, os.W_OK | os.X_OK):
+    raise ReproError(f"--dump {dump}: {dump.parent} is not a directory this process can write: "
+                     f"pass a file in an existing, writable directory")
+
+
 def _trace(run: Path, step: int) -> dict:
   records = {r["step"]: r for r in metrics.read(run / metrics.TRACE_FILENAME) if "step" in r}
   if step < 1 or step not in records:
@@ -82,16 +89,15 @@ def _trace(run: Path, step: int) -> dict:
 def replay(run: str | Path, step: int, dump: str | Path | None = None,
            task: task_lib.Task | None = None, log: Callable[[str], None] = print) -> Replayed:
   """Replays step `step` of `run` (see the module doc); ReproError (one line) on bad input."""
-  run = Path(run).expanduser().absolute()
-  steps = stored_lib.finalized(run) if run.is_dir() else []
-  if not steps:
-    raise ReproError(f"{run} holds no finalized checkpoint: pass a run directory")
+  run, steps = stored_lib.run_steps(run)
+  if dump:
+    _check_dump(run, Path(dump).expanduser().absolute())
   recorded = _trace(run, step)
   start = max((s for s in steps if s < step), default=0)
   target = stored_lib.find(run, min((s for s in steps if s >= step), default=steps[-1]))
   config = Config.from_dict(target.config)
   if task is None:
-    task = task_lib.with_options(task_lib.resolve(config.task), config.task_options, config.task)
+    task = task_lib.recorded(config)
   log(f"replaying step {step} of {run} from {'checkpoint ' + str(start) if start else 'the seed'}"
       f" on {_devices(audits.devices_used(target))}, in a fresh process")
   with tempfile.TemporaryDirectory(prefix="repro-replay-") as root:
@@ -140,12 +146,11 @@ def _inside(before, after_state, task: task_lib.Task, config: Config, step: int,
             dump: str | Path | None) -> dict:
   """The batch, loss, metrics, gradient and update of `step`, recomputed on one device."""
   built, state = before
-  data = splits_lib.prepare(task_lib.guarded("data()", task, task.data), task_lib.task_name(task),
-                            config.validation_examples, config.batch_size)
-  keys = rng.streams(config.seed)
-  idx = np.asarray(shuffle.batch_indices(keys["shuffle"], step - 1, len(data.train),
+  train, keys = _train_split(task, config), rng.streams(config.seed)
+  idx = np.asarray(shuffle.batch_indices(keys["shuffle"], step - 1, len(train),
                                          config.batch_size))
-  batch = data.train.gather(idx)
+  epoch = (step - 1) // shuffle.steps_per_epoch(len(train), config.batch_size)
+  batch = _augmented(task, keys, train.gather(idx), idx, epoch)  # as the step saw it
   model = nnx.merge(built.graphdef, state)["model"]
   model.train()
   model_def, params, streams, other = nnx.split(model, nnx.Param, nnx.RngState, ...)
@@ -167,6 +172,36 @@ def _inside(before, after_state, task: task_lib.Task, config: Config, step: int,
           "grad_norm": norm(grads.values()),
           "leaf_norms": {k: norm([v]) for k, v in grads.items()},
           "update_norm": norm(new[k] - old[k] for k in old)}
+
+
+def _train_split(task: task_lib.Task, config: Config):
+  data = task_lib.guarded("data()", task, task.data)
+  return splits_lib.prepare(data, task_lib.task_name(task), config.validation_examples,
+                            config.batch_size).train
+
+
+def _augmented(task: task_lib.Task, keys: dict, batch: dict, idx: np.ndarray, epoch: int) -> dict:
+  if not task_lib.augments(task):
+    return batch
+  return jax.jit(functools.partial(core.augment_batch, task))(keys, batch, idx, epoch)
+
+
+def augmented(run: str | Path, example: int, epoch: int,
+              task: task_lib.Task | None = None) -> dict[str, np.ndarray]:
+  """The training example at position `example` of the train split as the run's steps of
+  `epoch` (0-based) saw it: through the task's augment with its key of (seed, epoch, example);
+  as stored if the task does not augment. ReproError (one line) on bad input."""
+  run, steps = stored_lib.run_steps(run)
+  config = Config.from_dict(stored_lib.find(run, steps[-1]).config)
+  if task is None:
+    task = task_lib.recorded(config)
+  train = _train_split(task, config)
+  if not 0 <= example < len(train) or epoch < 0:
+    raise ReproError(f"example {example} of epoch {epoch}: pass 0 <= example < {len(train)} "
+                     f"(the train split) and epoch >= 0")
+  idx = np.array([example], np.int32)
+  one = _augmented(task, rng.streams(config.seed), train.gather(idx), idx, epoch)
+  return {name: np.asarray(value[0]) for name, value in one.items()}
 
 
 def report(r: Replayed, shown: int = 8) -> str:

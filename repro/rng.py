@@ -18,18 +18,18 @@ from flax import nnx
 
 # Each stream is fold_in(root, index). The indices are part of the bit
 # contract: renumbering them changes every trained weight.
-STREAMS = {"params": 0, "shuffle": 1, "dropout": 2}
+STREAMS = {"params": 0, "shuffle": 1, "dropout": 2, "augment": 3}
 # Recorded with the identity of every run whose model holds RngStreams.
 RESEED_SCHEME = "fold_in(fold_in(dropout, step)[, micro_shard], crc32(stream path))"
 
 
 def streams(seed: int) -> dict[str, jax.Array]:
-  """Returns {'params': key, 'shuffle': key, 'dropout': key} derived from seed.
+  """Returns {'params': key, 'shuffle': key, 'dropout': key, 'augment': key} derived from seed.
 
   Example:
     >>> keys = streams(0)
     >>> sorted(keys)
-    ['dropout', 'params', 'shuffle']
+    ['augment', 'dropout', 'params', 'shuffle']
   """
   root = jax.random.key(seed)
   return {name: jax.random.fold_in(root, index) for name, index in STREAMS.items()}
@@ -49,6 +49,15 @@ def step_key(keys: dict[str, jax.Array], step, shard=None) -> jax.Array:
   """The key of global step `step`, and of micro-shard (or device) `shard` if given."""
   key = jax.random.fold_in(keys["dropout"], step)
   return key if shard is None else jax.random.fold_in(key, shard)
+
+
+def example_key(keys: dict[str, jax.Array], epoch, index) -> jax.Array:
+  """The key that augments the example at position `index` of the train split in `epoch`.
+
+  A function of (seed, epoch, example) alone: not of the example's slot in the batch, the
+  device, the micro-shard or the process count (traceable; `index` may be an array).
+  """
+  return jax.random.fold_in(jax.random.fold_in(keys["augment"], epoch), index)
 
 
 def _path_id(path: tuple) -> int:

@@ -112,7 +112,7 @@ def resolve(config: Config, task: task_lib.Task | None = None) -> tuple[Config, 
   """
   config.validate()
   if task is None:
-    task = task_lib.with_options(task_lib.resolve(config.task), config.task_options, config.task)
+    task = task_lib.recorded(config)
   elif not isinstance(task, task_lib.Task):
     raise ReproError(f"task must be a repro.Task, got {type(task).__name__}")
   else:

@@ -15,7 +15,7 @@ import numpy as np
 
 from repro import parallel
 from repro.control import ControlState
-from repro.metrics import TEST, VAL
+from repro.metrics import VAL
 
 
 @dataclasses.dataclass(frozen=True)

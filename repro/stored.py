@@ -60,6 +60,18 @@ def finalized(run: Path) -> list[int]:
   return sorted(int(p.name) for p in run.iterdir() if p.name.isdigit() and (p / "state").is_dir())
 
 
+def run_steps(run: str | Path) -> tuple[Path, list[int]]:
+  """(the run directory, absolute; its finalized steps); one line if it holds none."""
+  run = Path(run).expanduser().absolute()
+  if (run / "state").is_dir() and run.name.isdigit():
+    raise ReproError(f"{run} is checkpoint step {run.name} of the run {run.parent}: pass the run "
+                     f"directory {run.parent}")
+  steps = finalized(run) if run.is_dir() else []
+  if not steps:
+    raise ReproError(f"{run} holds no finalized checkpoint: pass a run directory")
+  return run, steps
+
+
 def read_json(step_dir: Path, item: str) -> dict:
   """A JSON item (manifest, cursor) of a checkpoint step; one line if it cannot be read."""
   try:
@@ -92,7 +104,7 @@ def locate(path: str | Path, step: int | str | None = None) -> Path:
     step = steps[-1]
   if not isinstance(step, int) or step not in steps:
     raise ReproError(f"{run} has no finalized checkpoint of step {step!r}: pass one of "
-                     f"{', '.join(map(str, steps))}, 'best' or none")
+                     f"{', '.join(map(str, steps))}, 'best' or 'latest'")
   return run / str(step)
 
 

@@ -116,6 +116,17 @@ class Task:
 
     return jax.vmap(one)(batch)
 
+  def augment(self, example: Batch, key: jax.Array) -> Batch:
+    """One training example (its fields, no batch axis) randomly transformed with `key`.
+
+    repro runs it inside the compiled step, on the device, for every training example, with
+    the key of (seed, epoch, the example's position in the train split): the same example gets
+    the same draw on any device count, data path or resume, and another draw each epoch.
+    Evaluation never augments. Pure JAX; return the same fields, shapes and dtypes. Default:
+    no augmentation (repro skips it).
+    """
+    return example
+
   def init_source(self, leaf: str) -> str | None:
     """The source leaf a warm start (--init_from) gives the weight `leaf` ('head/kernel').
 
@@ -146,6 +157,11 @@ class Task:
     if self.architecture:
       found["architecture"] = self.architecture
     return found
+
+
+def augments(task: Task) -> bool:
+  """Whether the task defines its own augment (the default leaves examples unchanged)."""
+  return type(task).augment is not Task.augment
 
 
 def task_name(task: Task) -> str:
@@ -220,6 +236,11 @@ def build(target: Callable | Task, spec: str) -> Task:
   if not isinstance(task, Task):
     raise ReproError(f"task {spec} gave a {type(task).__name__}, not a repro.Task")
   return task
+
+
+def recorded(config) -> Task:
+  """The task a Config names (config.task), with its options (config.task_options)."""
+  return with_options(resolve(config.task), config.task_options, config.task)
 
 
 def with_options(task: Task, options: dict[str, Any], spec: str = "") -> Task:

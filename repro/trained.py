@@ -79,7 +79,7 @@ def restore(path: str | Path, step: int | str | None = None, task: task_lib.Task
                      f"no task): pass it to --init_from of a run, or restore it with Orbax")
   config = Config.from_dict(stored.config)
   if task is None:
-    task = task_lib.with_options(task_lib.resolve(config.task), config.task_options, config.task)
+    task = task_lib.recorded(config)
   task = task_lib.with_options(task, options or {}, config.task)
   built = state_lib.build(task, config, rng.streams(config.seed), total_steps(stored), None)
   fix = (f"the option(s) {', '.join(sorted(options))} change the model: keep the run's values"

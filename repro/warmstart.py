@@ -101,7 +101,10 @@ class WarmStart:
 
   @classmethod
   def of(cls, spec: str, task: task_lib.Task) -> "WarmStart":
-    source = stored_lib.find(*parse(spec))
+    try:
+      source = stored_lib.find(*parse(spec))
+    except ReproError as err:
+      raise ReproError(f"--init_from={spec} (the source of this run's weights): {err}") from None
     weights = stored_lib.weights(source)
     return cls(spec, source, weights, digest.tree_digest(weights), task)
 

@@ -70,6 +70,13 @@ class WhileLoopLoss(Fine):
     return jax.lax.while_loop(lambda c: c[1] < 3, lambda c: (c[0] * 1.0, c[1] + 1), (mse, 0))[0]
 
 
+class AugmentDropsAField(Fine):
+  """Its augment returns an example without "y": the loss fails on the augmented batch."""
+
+  def augment(self, example, key):
+    return {"x": example["x"] + jax.random.normal(key, example["x"].shape)}
+
+
 class RaisesInEvalMetrics(Fine):
   def eval_metrics(self, model, batch):
     raise KeyError("label")

@@ -24,7 +24,7 @@ import pytest
 import tiny_tasks
 from conftest import quiet
 from repro import Config, ReproError, audits
-from test_tasks import ENV, TESTS
+from test_tasks import ENV, TESTS, run_on_devices
 
 
 
@@ -122,7 +122,9 @@ def test_a_task_with_unseeded_numpy_randomness_fails_its_audit_from_the_seed(idx
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--links=some"], "--links=some: pass --links=all or --links=<a number>"),
+    (["--links=some"], "--links=some: pass --links=all or --links=<a number >= 1>"),
+    (["--links=0"], "--links=0: pass --links=all or --links=<a number >= 1>"),
+    (["RUN/8"], "is checkpoint step 8 of the run "),
     (["--out=RUN/inside.json"], "is inside the audited run: pass a path outside it"),
     (["EMPTY"], "holds no finalized checkpoint: pass a run directory"),
 ])
@@ -130,7 +132,8 @@ def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, args, message):
   run, _ = runs
   (tmp_path / "empty").mkdir()
   args = [a.replace("RUN", str(run)).replace("EMPTY", str(tmp_path / "empty")) for a in args]
-  done = bin_audit(*(args if args[0] == str(tmp_path / "empty") else [run, *args]))
+  positional = args[0] == str(tmp_path / "empty") or args[0].startswith(str(run))
+  done = bin_audit(*(args if positional else [run, *args]))
   assert done.returncode == 2 and message in done.stderr, done.stderr
   assert len(done.stderr.strip().splitlines()) == 1
 
@@ -185,9 +188,13 @@ def test_a_step_after_a_swapped_checkpoint_replays_different(runs, tmp_path):
     ([], "bin/replay needs --step=N: the step to replay"),
     (["--step=99"], "has no step 99 in its trace.jsonl: pass --step=N with 1 <= N <= 10"),
     (["--step=0"], "has no step 0 in its trace.jsonl"),
+    (["--step=3", "--dump=RUN/x.npz"], "is inside the replayed run: pass a path outside it"),
+    (["--step=3", "--dump=/nonexistent/x.npz"], "/nonexistent is not a directory this process "
+                                                 "can write"),
+    (["--step=best"], "flag --step=best: invalid literal for int()"),
 ])
 def test_a_bad_replay_is_one_line_and_exit_2(runs, args, message):
-  done = bin_replay(runs[0], *args)
+  done = bin_replay(runs[0], *[a.replace("RUN", str(runs[0])) for a in args])
   assert done.returncode == 2 and message in done.stderr, done.stderr
   assert len(done.stderr.strip().splitlines()) == 1
 
@@ -196,12 +203,7 @@ def test_a_run_on_two_devices_replays_and_audits_on_two(runs, tmp_path):
   from repro import stored
   config = Config.from_dict(stored.find(runs[0], 10).config).replace(
       output=str(tmp_path / "two"), devices=2, max_steps=6, checkpoint_every=3, data_path="device")
-  listing_file = tmp_path / "configs.json"
-  listing_file.write_text(json.dumps([config.to_dict()]))
-  done = subprocess.run([sys.executable, str(TESTS / "run_configs.py"), str(listing_file)],
-                        env={**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
-                        capture_output=True, text=True, timeout=600)
-  assert done.returncode == 0, done.stderr[-3000:]
+  run_on_devices([config], 2, tmp_path)
   replayed = bin_replay(tmp_path / "two", "--step=5")
   assert replayed.returncode == 0, replayed.stdout + replayed.stderr
   assert "replayed step 5: equal to the run" in replayed.stdout

@@ -128,6 +128,9 @@ COMMANDS = {
         How(NOT_RUN, why="a method of a task, not a program: tests/test_warmstart.py's "
             "test_fill_maps_and_skips_leaves_as_the_task_says... maps and skips leaves so"),
     # docs/your-own-model.md (and docs/proving-it.md's bin/check of the same task).
+    "def augment(self, example, key):":
+        How(NOT_RUN, why="a method of a task, not a program: tests/test_augment.py's "
+            "test_the_docs_augment_is_the_resnets runs it against the ResNet example's"),
     SINE: How("sine", file="sine.py"),
     "PYTHONPATH=. bin/train --task=sine:Sine --epochs=20 --batch_size=32 --output=runs/sine-cli":
         How("sine"),

@@ -201,5 +201,7 @@ def test_a_bfloat16_export_and_the_exports_refusals(trained_run, tmp_path):
     export(result.output, tmp_path / "bf16")
   with pytest.raises(ReproError, match="is an export, which holds one model: drop the step"):
     load(tmp_path / "bf16", step=3)
+  with pytest.raises(ReproError, match="is inside the exported run .*: pass a path outside it"):
+    export(Path(result.output) / "20", Path(result.output) / "exported")
   assert binary("export", result.output).returncode == 2
   assert [p.name for p in tmp_path.iterdir()] == ["bf16"]  # no partial export left

@@ -76,7 +76,7 @@ def test_configs_from_before_tasks_load_with_their_data_settings_as_task_options
 def test_key_streams_are_distinct_and_seeded():
   a, b = rng.streams(0), rng.streams(1)
   data = {k: jax.random.key_data(v).tobytes() for k, v in a.items()}
-  assert len(set(data.values())) == 3
+  assert len(set(data.values())) == len(rng.STREAMS) == 4
   assert all(jax.random.key_data(a[k]).tobytes() != jax.random.key_data(b[k]).tobytes()
              for k in a)
 

@@ -28,7 +28,7 @@ from repro import Config, ReproError
 from repro import digest
 from repro import lineage
 from repro.warmstart import fill
-from test_tasks import ENV, TESTS, assert_same_run
+from test_tasks import ENV, TESTS, assert_same_run, run_on_devices
 
 VERIFY = TESTS.parent / "bin" / "verify"
 
@@ -138,7 +138,8 @@ def test_a_changed_source_is_refused_on_resume_and_reported_by_the_lineage(setup
   shutil.rmtree(copy)
   other = Path(quiet(make("charlm", "other-seed", seed=5)).output)
   shutil.copytree(other, copy)  # another seed's weights at the same path and step
-  with pytest.raises(ReproError, match=r"cannot resume .*\n  init_from: checkpoint \{'weights_"):
+  with pytest.raises(ReproError,
+                     match=r"cannot resume .*\n  init_from.weights_digest: checkpoint '"):
     quiet(config)
   run = Path(config.output)
   checked = subprocess.run([sys.executable, str(VERIFY), "--lineage", str(run)], env=ENV,
@@ -146,6 +147,11 @@ def test_a_changed_source_is_refused_on_resume_and_reported_by_the_lineage(setup
   assert checked.returncode == 1, checked.stderr
   assert f"1. run {copy}/10 (step 10, task repro.tasks.charlm:CharLM" in checked.stdout
   assert "changed (its weights digest is now" in checked.stdout
+  from repro import audits, stored
+  problems, _ = audits._checks(run, stored.finalized(run))  # what bin/audit reports first
+  assert problems == [f"its --init_from source {copy}/10 is changed (its weights digest is now "
+                      f"{checked.stdout.split('weights digest is now ')[1][:12]}): the fine-tune "
+                      f"cannot be retrained without it (bin/verify --lineage)"]
   shutil.rmtree(copy)
   missing = subprocess.run([sys.executable, str(VERIFY), "--lineage", str(run)], env=ENV,
                            capture_output=True, text=True, timeout=120)
@@ -156,12 +162,7 @@ def test_micro_shards_of_a_fine_tune_give_the_same_bits_on_1_and_2_devices(setup
   make, source = setup
   one = fine_tune(make, "ft-micro1", source, micro_shards=2)
   two = fine_tune(make, "ft-micro2", source, micro_shards=2, devices=2)
-  listing = tmp_path / "configs.json"
-  listing.write_text(json.dumps([two.to_dict()]))
-  done = subprocess.run([sys.executable, str(TESTS / "run_configs.py"), str(listing)],
-                        env={**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
-                        capture_output=True, text=True, timeout=600)
-  assert done.returncode == 0, done.stderr[-3000:]
+  run_on_devices([two], 2, tmp_path)
   assert_same_run(quiet(one).output, two.output)
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -106,7 +104,7 @@ def task(name: str, idx_dir: Path, tfds_dir: Path, text: Path) -> tuple[str, dic
       "cnn": ("repro.tasks.cnn:CNN", {**data, "dropout": 0.3}),
       "resnet": ("repro.tasks.resnet:ResNet", {**data, "width": 4, "dropout": 0.2}),
       "charlm": ("repro.tasks.charlm:CharLM", {"text": str(text), "context": 16, "width": 16,
-                                               "heads": 2, "layers": 1}),
+                                               "heads": 2, "layers": 1, "noise": 0.1}),
       "regression": ("tiny_tasks:regression", {"hidden": 8}),
       "attention": ("tiny_tasks:Parity", {"width": 8}),
   }[name]

@@ -89,6 +89,8 @@ class CharLM(Task):
       identity through the data fingerprint).
     context: characters of context a prediction sees.
     width, heads, layers: the transformer's size.
+    noise: the fraction of input characters of each training window replaced by a random
+      character of the vocabulary (Task.augment; 0: none). The targets stay clean.
   """
 
   name = "charlm"
@@ -101,12 +103,16 @@ class CharLM(Task):
   width: int = 64
   heads: int = 4
   layers: int = 2
+  noise: float = 0.0
 
   def __post_init__(self):
     for name in ("context", "width", "heads", "layers"):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ReproError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(self.noise, bool) or not isinstance(self.noise, (int, float)) or not (
+        0 <= self.noise < 1):
+      raise ReproError(f"noise must be a fraction in [0, 1), got {self.noise!r}")
     if self.width % self.heads:
       raise ReproError(f"width {self.width} must be divisible by heads {self.heads}")
 
@@ -132,14 +138,27 @@ class CharLM(Task):
     return Splits(train={"tokens": tokens[:-test]}, test={"tokens": tokens[-test:]},
                   source=f"windows of {span} characters of {self.text}")
 
-  def _losses(self, model: nnx.Module, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
-    logits = model(tokens[:, :-1])
+  def _losses(self, model: nnx.Module, tokens: jax.Array,
+              inputs: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    logits = model(tokens[:, :-1] if inputs is None else inputs)
     targets = tokens[:, 1:]
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     return losses, (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
 
+  def augment(self, example: dict, key: jax.Array) -> dict:
+    """Input noise: each input character replaced, with probability `noise`, by a random one
+    (the inputs, tokens[:-1], go in the field 'inputs'; the targets stay clean)."""
+    if not self.noise:
+      return example
+    tokens = example["tokens"]
+    hit, pick = jax.random.split(key)
+    replace = jax.random.bernoulli(hit, self.noise, (tokens.shape[0] - 1,))
+    random = jax.random.randint(pick, replace.shape, 0, len(read_corpus(self.text)[0]),
+                                tokens.dtype)
+    return {**example, "inputs": jnp.where(replace, random, tokens[:-1])}
+
   def loss(self, model: nnx.Module, batch) -> jax.Array:
-    return self._losses(model, batch["tokens"])[0].mean()
+    return self._losses(model, batch["tokens"], batch.get("inputs"))[0].mean()
 
   def eval_metrics(self, model: nnx.Module, batch) -> dict[str, jax.Array]:
     losses, correct = self._losses(model, batch["tokens"])

@@ -6,6 +6,9 @@ It shows the two kinds of state besides the parameters that a step updates:
 nnx.BatchNorm's running statistics (averaged over micro-shards in a fixed
 order, so they too are the same on every device count) and the stream that
 nnx.Dropout holds (reseeded from (seed, step, micro-shard) before every step).
+And data augmentation (Task.augment): each training image randomly cropped and flipped
+inside the compiled step, with a key of (seed, epoch, the example); --task.augment_images=false
+turns it off.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from repro.errors import ReproError
@@ -60,6 +64,9 @@ class ResNet(ImageClassifier):
 
     width: channels of the first stage (the second has twice as many).
     dropout: dropout rate before the classifier.
+    augment_images: augment each training image (Task.augment): a random crop of the image
+      padded by `crop_padding` pixels, and a horizontal flip with probability 1/2.
+    crop_padding: the crop's padding in pixels (0: no crop).
   """
 
   name = "resnet"
@@ -67,6 +74,8 @@ class ResNet(ImageClassifier):
 
   width: int = 16
   dropout: float = 0.1
+  augment_images: bool = True
+  crop_padding: int = 2
 
   def __post_init__(self):
     super().__post_init__()
@@ -74,6 +83,20 @@ class ResNet(ImageClassifier):
       raise ReproError(f"width must be a positive integer, got {self.width!r}")
     if not 0 <= self.dropout < 1:
       raise ReproError(f"dropout must be in [0, 1), got {self.dropout!r}")
+    if isinstance(self.crop_padding, bool) or not isinstance(self.crop_padding, int) or (
+        self.crop_padding < 0):
+      raise ReproError(f"crop_padding must be an integer >= 0, got {self.crop_padding!r}")
 
   def model(self, rngs: nnx.Rngs) -> nnx.Module:
     return SmallResNet(self.width, self.dropout, rngs=rngs)
+
+  def augment(self, example: dict, key: jax.Array) -> dict:
+    """A random crop of the image padded by crop_padding pixels, and a random horizontal flip."""
+    if not self.augment_images:
+      return example
+    image, pad = example["image"], self.crop_padding
+    flip, crop = jax.random.split(key)
+    image = jnp.where(jax.random.bernoulli(flip), image[:, ::-1], image)
+    padded = jnp.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+    dy, dx = jax.random.randint(crop, (2,), 0, 2 * pad + 1)
+    return {**example, "image": jax.lax.dynamic_slice(padded, (dy, dx, 0), image.shape)}
