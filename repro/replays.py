@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -186,22 +186,25 @@ def _augmented(task: task_lib.Task, keys: dict, batch: dict, idx: np.ndarray, ep
   return jax.jit(functools.partial(core.augment_batch, task))(keys, batch, idx, epoch)
 
 
-def augmented(run: str | Path, example: int, epoch: int,
+def augmented(run: str | Path, example: int | Sequence[int], epoch: int,
               task: task_lib.Task | None = None) -> dict[str, np.ndarray]:
   """The training example at position `example` of the train split as the run's steps of
   `epoch` (0-based) saw it: through the task's augment with its key of (seed, epoch, example);
-  as stored if the task does not augment. ReproError (one line) on bad input."""
+  as stored if the task does not augment. A sequence of positions gives them stacked.
+  ReproError (one line) on bad input."""
   run, steps = stored_lib.run_steps(run)
   config = Config.from_dict(stored_lib.find(run, steps[-1]).config)
   if task is None:
     task = task_lib.recorded(config)
   train = _train_split(task, config)
-  if not 0 <= example < len(train) or epoch < 0:
+  idx = np.array(example if isinstance(example, Sequence) else [example], np.int32).ravel()
+  if not all(0 <= i < len(train) for i in idx.tolist()) or epoch < 0:
     raise ReproError(f"example {example} of epoch {epoch}: pass 0 <= example < {len(train)} "
                      f"(the train split) and epoch >= 0")
-  idx = np.array([example], np.int32)
-  one = _augmented(task, rng.streams(config.seed), train.gather(idx), idx, epoch)
-  return {name: np.asarray(value[0]) for name, value in one.items()}
+  found = _augmented(task, rng.streams(config.seed), train.gather(idx), idx, epoch)
+  pick = (lambda v: np.asarray(v)) if isinstance(example, Sequence) else (
+      lambda v: np.asarray(v[0]))
+  return {name: pick(value) for name, value in found.items()}
 
 
 def report(r: Replayed, shown: int = 8) -> str:

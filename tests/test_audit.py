@@ -204,9 +204,9 @@ def test_a_run_on_two_devices_replays_and_audits_on_two(runs, tmp_path):
   config = Config.from_dict(stored.find(runs[0], 10).config).replace(
       output=str(tmp_path / "two"), devices=2, max_steps=6, checkpoint_every=3, data_path="device")
   run_on_devices([config], 2, tmp_path)
-  replayed = bin_replay(tmp_path / "two", "--step=5")
+  replayed = bin_replay(tmp_path / "two", "--step=4")  # right after a checkpoint: one run
   assert replayed.returncode == 0, replayed.stdout + replayed.stderr
-  assert "replayed step 5: equal to the run" in replayed.stdout
+  assert "replayed step 4: equal to the run" in replayed.stdout
   assert "on 2 devices, in a fresh process" in replayed.stderr
   audited = bin_audit(tmp_path / "two")
   assert audited.returncode == 0 and "3 -> 6  equal" in audited.stdout, audited.stdout

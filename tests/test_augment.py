@@ -1,7 +1,8 @@
 """Augmentation (Task.augment, issue 22): each training example is transformed inside the
 compiled step with the key of (seed, epoch, its position in the train split).
 
-What the step saw is recorded by the task itself (its loss reports the sums of the augmented
+Another chunk length, a stop and resume and the host-fed path augment as one straight run
+does. What the step saw is recorded by the task itself (its loss reports the sums of the augmented
 images as metrics), and must equal repro.augmented's examples, whatever the batch size (so the
 draw is the example's, not its slot's); evaluation sees the stored images. The guarantees with
 augmentation on (same bits, resumes, micro-shards on 1, 2, 4 devices, host-fed, bin/check) are
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 
 import repro
+from bits import assert_bitwise_equal, restore_state
 from conftest import N_TRAIN, quiet
 from repro import Config, ReproError, replays, rng, shuffle
 from repro.tasks.resnet import ResNet
@@ -55,7 +57,20 @@ def runs(idx_dir, tfds_dir, tmp_path_factory):
                     checkpoint_every=100, chunk_steps=4, progress=False, validation_examples=32)
     quiet(config, task=task)
     made[batch] = Path(config.output)
+  other = config.replace(batch_size=16, output=str(root / "chunks"), chunk_steps=3,
+                         checkpoint_every=5, max_steps=7)
+  quiet(other, task=task)  # stopped at 7 with chunks of 3, then resumed, host-fed
+  quiet(other.replace(max_steps=None, data_path="host"), task=task)
+  made["chunks"] = Path(other.output)
   return task, made
+
+
+def test_chunks_a_resume_and_the_host_path_augment_as_one_straight_run(runs):
+  _, made = runs
+  straight, other = made[16], made["chunks"]
+  assert_bitwise_equal(restore_state(straight / "28"), restore_state(other / "28"))
+  assert (straight / "trace.jsonl").read_bytes() == (other / "trace.jsonl").read_bytes()
+  assert recorded(straight) == recorded(other)  # every step's loss and what its batch held
 
 
 def recorded(run: Path) -> dict[int, dict]:
@@ -74,22 +89,23 @@ def test_each_step_trained_on_the_examples_repro_augmented_gives(runs, batch):
   for step in (1, per_epoch, per_epoch + 1, 2 * per_epoch):
     idx = np.asarray(shuffle.batch_indices(keys["shuffle"], step - 1, train, batch))
     epoch = (step - 1) // per_epoch
-    seen = np.stack([replays.augmented(run, int(i), epoch, task=task)["image"] for i in idx])
+    seen = replays.augmented(run, idx.tolist(), epoch, task=task)["image"]
+    assert np.array_equal(seen[3], replays.augmented(run, int(idx[3]), epoch, task=task)["image"])
     expected = {k: float(v) for k, v in sums(seen).items()}
     assert {k: steps[step][f"train_{k}"] for k in expected} == expected, step
-    raw = np.stack([replays.augmented(run, int(i), epoch, task=dataclasses.replace(
-        task, augment_images=False))["image"] for i in idx])
+    raw = replays.augmented(run, idx.tolist(), epoch,
+                            task=dataclasses.replace(task, augment_images=False))["image"]
     changed |= not np.array_equal(seen, raw)
   assert changed  # the examples were augmented: the test can tell
 
 
 def test_an_example_gets_a_new_draw_each_epoch_and_the_same_in_every_run(runs):
   task, made = runs
-  draws = [[replays.augmented(made[b], i, e, task=task)["image"] for e in (0, 1)]
-           for i in range(8) for b in (16, 32)]
-  assert all(np.array_equal(d16[e], d32[e]) for d16, d32 in zip(draws[::2], draws[1::2])
-             for e in (0, 1))
-  assert any(not np.array_equal(first, second) for first, second in draws)
+  draws = {(b, e): replays.augmented(made[b], list(range(8)), e, task=task)["image"]
+           for b in (16, 32) for e in (0, 1)}
+  assert all(np.array_equal(draws[(16, e)], draws[(32, e)]) for e in (0, 1))
+  assert any(not np.array_equal(first, second) for first, second in zip(draws[(16, 0)],
+                                                                         draws[(16, 1)]))
 
 
 def test_evaluation_sees_the_stored_images(runs):

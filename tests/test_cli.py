@@ -155,7 +155,7 @@ def test_options_without_task_are_those_of_the_configs_task(tmp_path):
   path.write_text(Config(task=CHARLM).to_json())
   unknown = error_line(train(f"--config={path}", "--task.dropout=0.5"))
   assert unknown == (f"error: task {CHARLM} has no option dropout; its options: context, heads, "
-                     "layers, text, width (--task.<option>=value)")
+                     "layers, noise, text, width (--task.<option>=value)")
   bad = error_line(train(f"--config={path}", "--task.context=abc"))
   assert bad.endswith(f"task {CHARLM} takes an integer for context")
 
