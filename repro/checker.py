@@ -154,7 +154,10 @@ ROWS = (  # the report's rows, in its order
         unavailable=lambda s: "" if s.cpus > 1 else "this process may use only 1 CPU"),
     Row("micro", "--micro_shards={s.shards}: 1 device vs {s.shards}", _micro_ways,
         "a nondeterministic op across devices, or non-parameter state the micro-shards do not "
-        "combine in a fixed order", unavailable=_micro_unavailable),
+        "combine in a fixed order; or, on a CPU, the thread split: a process of forced host "
+        "devices shares its CPUs among them, and XLA:CPU's convolutions can follow the threads "
+        "each gets (measured on a 2-core AVX2 CPU: docs/limits.md)",
+        unavailable=_micro_unavailable),
     Row("gpu_off", "GPU deterministic ops on vs off",
         lambda s: (Way(s.plain, xla_flags="--xla_gpu_deterministic_ops=false", own_cache=True),),
         "a nondeterministic op on the GPU: keep --xla_gpu_deterministic_ops=true (repro's "
