@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -63,12 +62,9 @@ def main() -> None:
   plan = [(m, s) for r in range(args.rounds) for m in args.models.split(",")
           for s in (("on", "off") if r % 2 == 0 else ("off", "on"))]
   runs: dict = {}
+  from common import in_fresh_process
   for model, setting in tqdm(plan, desc="measuring", unit="process"):
-    done = subprocess.run([sys.executable, __file__, "--one", model, setting,
-                           f"--steps={args.steps}"], capture_output=True, text=True)
-    if done.returncode != 0:
-      raise SystemExit(f"{model}/{setting} failed:\n{done.stderr[-2000:]}")
-    line = json.loads(done.stdout.strip().splitlines()[-1])
+    line = in_fresh_process(__file__, "--one", model, setting, f"--steps={args.steps}")
     runs.setdefault(model, {}).setdefault(setting, []).append(line["ms_step"])
   report = {"batch": BATCH, "steps": args.steps, "rounds": args.rounds, "models": {
       model: {"on_ms": min(by["on"]), "off_ms": min(by["off"]),

@@ -152,3 +152,15 @@ def licences_file() -> Path:
            for p in sorted(Path("/usr/share/common-licenses").iterdir()) if p.is_file()]
   licences.write_text("\n".join(texts), encoding="utf-8")
   return licences
+
+
+def in_fresh_process(script: str, *words: str) -> dict:
+  """Runs `python script *words` (a benchmark's --one measurement) and returns the JSON line
+  it prints last; exits with its stderr's tail if it fails."""
+  import json
+  import subprocess
+  import sys
+  done = subprocess.run([sys.executable, script, *words], capture_output=True, text=True)
+  if done.returncode != 0:
+    raise SystemExit(f"{' '.join(words)} failed:\n{done.stderr[-2000:]}")
+  return json.loads(done.stdout.strip().splitlines()[-1])

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -149,12 +148,9 @@ def main() -> None:
   plan = [(r, m, c) for r in range(args.rounds) for m in models
           for c in (("repro", "loop") if r % 2 == 0 else ("loop", "repro"))]
   runs: dict = {}
+  from common import in_fresh_process
   for _, model, contender in tqdm(plan, desc="measuring", unit="process"):
-    done = subprocess.run([sys.executable, __file__, "--one", model, contender,
-                           f"--steps={args.steps}"], capture_output=True, text=True)
-    if done.returncode != 0:
-      raise SystemExit(f"{model}/{contender} failed:\n{done.stderr[-2000:]}")
-    line = json.loads(done.stdout.strip().splitlines()[-1])
+    line = in_fresh_process(__file__, "--one", model, contender, f"--steps={args.steps}")
     runs.setdefault(model, {}).setdefault(contender, []).append(line)
   report = {"batch": BATCH, "steps": args.steps, "rounds": args.rounds, "models": {}}
   for model, by in runs.items():
