@@ -84,10 +84,10 @@ def choose(steps: list[int], links: int | None, from_start: bool) -> tuple[list,
   if not pairs:
     raise ReproError(f"the run has only one kept checkpoint (step {steps[0]}): nothing links "
                      f"it to another; pass --from_start to audit it from the seed")
-  if not links or links >= len(pairs):
-    return pairs, f"all {len(pairs)} links"
-  if links < 1:
+  if links is not None and links < 1:
     raise ReproError(f"--links={links}: pass all or a positive number")
+  if links is None or links >= len(pairs):
+    return pairs, f"all {len(pairs)} links"
   picked = sorted({round(i * (len(pairs) - 1) / max(links - 1, 1)) for i in range(links)})
   return [pairs[i] for i in picked], RULE.format(n=len(picked), total=len(pairs))
 

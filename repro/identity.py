@@ -131,7 +131,8 @@ def default_output(config: Config, task: Task) -> str:
 def _differing(key: str, found, value) -> list[str]:
   """The refusal's lines of one field; of each differing entry where both are dicts."""
   if isinstance(found, dict) and isinstance(value, dict):
-    return [f"  {key}.{k}: checkpoint {found.get(k, 'none')!r}, requested {value.get(k, 'none')!r}"
+    return [f"  {key}.{k}: checkpoint {found.get(k, 'none')!r}, "
+            f"requested {value.get(k, 'none')!r}"
             for k in sorted(set(found) | set(value)) if found.get(k) != value.get(k)]
   return [f"  {key}: checkpoint {found!r}, requested {value!r}"]
 

@@ -87,6 +87,7 @@ def locate(path: str | Path, step: int | str | None = None) -> Path:
   path = Path(path).expanduser().absolute()
   if not path.is_dir():
     raise ReproError(f"{path} is not a directory: pass a run directory or a checkpoint step")
+  step = None if step == "latest" else step
   if (path / "state").is_dir() and step is None:
     return path
   run = path.parent if (path / "state").is_dir() else path

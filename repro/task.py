@@ -122,8 +122,9 @@ class Task:
     repro runs it inside the compiled step, on the device, for every training example, with
     the key of (seed, epoch, the example's position in the train split): the same example gets
     the same draw on any device count, data path or resume, and another draw each epoch.
-    Evaluation never augments. Pure JAX; return the same fields, shapes and dtypes. Default:
-    no augmentation (repro skips it).
+    Evaluation never augments. Pure JAX; return the same fields with their shapes and dtypes,
+    and any new ones the loss reads (e.g. noisy inputs beside clean targets). Default: no
+    augmentation (repro skips it).
     """
     return example
 

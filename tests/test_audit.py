@@ -138,6 +138,11 @@ def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, args, message):
   assert len(done.stderr.strip().splitlines()) == 1
 
 
+def test_zero_links_from_python_is_refused_not_taken_for_all():
+  with pytest.raises(ReproError, match=r"--links=0: pass all or a positive number"):
+    audits.choose([5, 8, 10], 0, False)
+
+
 def test_a_run_with_one_checkpoint_says_what_to_pass(tmp_path):
   with pytest.raises(ReproError, match="only one kept checkpoint .*pass --from_start"):
     audits.choose([10], None, False)

@@ -49,6 +49,7 @@ def test_a_step_or_the_best_step_or_a_step_directory_loads(trained_run):
   best = load(result.output, step="best")
   assert best.step == result.best_step and best.metrics["val_loss"] == result.best_value
   assert load(Path(result.output) / "20").step == 20
+  assert load(result.output, step="latest").step == load(result.output).step
 
 
 @pytest.mark.parametrize("path, step, message", [
