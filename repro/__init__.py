@@ -1,8 +1,10 @@
 """repro: bitwise-reproducible, resumable training for JAX."""
 
+from repro import backend as _backend
 from repro import environment as _environment
 
 _environment.set_determinism_flags()  # before any JAX backend starts
+_backend.prepare_at_import()
 
 from repro import source
 from repro.audits import audit

@@ -67,6 +67,14 @@ def _pin(cpus: set[int], argv: list[str]) -> None:
     os.execv(sys.executable, [sys.executable, "-m", MODULE, *argv])
 
 
+def _set_pool(config_file: Path) -> None:
+  """The run's XLA:CPU pool, before the task or the caller's script may start JAX's backend."""
+  from repro import backend
+  values = json.loads(config_file.read_text())
+  backend.apply(backend.pool_size(values.get("cpu_threads", backend.DEFAULT_THREADS),
+                                  values.get("micro_shards", 0)))
+
+
 def _load_main(path: str) -> None:
   """Loads the caller's script as __main__ (its `if __name__ == "__main__"` block not run)."""
   spec = importlib.util.spec_from_file_location(MAIN_MODULE, path)
@@ -98,6 +106,7 @@ def main(argv: list[str]) -> int:
   args = _parser().parse_args(argv)
   if args.cpus:
     _pin({int(c) for c in args.cpus.split(",")}, argv)
+  _set_pool(args.config)
   if args.main:
     _load_main(args.main)
   return train(args.task, args.config, args.twice)

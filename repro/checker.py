@@ -4,7 +4,8 @@ check(config, task) trains the task for a few steps (default 20) several ways,
 each in a fresh process with its own empty compilation cache, and compares
 pairs of them with repro.verify: the same run twice; resumed midway vs
 straight through; another --chunk_steps; one CPU vs all of them (pinned by
-CPU affinity, as `taskset -c` does); with micro-shards, one device vs several;
+CPU affinity, as `taskset -c` does); a machine of 16 CPUs (NPROC=16, which
+XLA:CPU reads) vs this one; with micro-shards, one device vs several;
 on a GPU, the deterministic-ops flag on vs off. Where a pair differs, the
 report names the first differing step (from the traces), the differing
 leaves (from the final states) and the probable cause (diagnose()).
@@ -36,8 +37,10 @@ from repro.errors import ReproError
 
 EXIT_HOLDS, EXIT_BROKEN = 0, 1
 BASE = "base"  # the plain run that most rows compare against
-THREADS_LIMIT = ("the CPU count is a documented limit, not a promise: compare runs pinned to "
-                 "the same number of CPUs (taskset -c)")
+THREAD_POOL = ("XLA:CPU's thread pool followed the machine: repro sets it (PJRT_NPROC, from "
+               "--cpu_threads) before JAX's backend starts; something in the task or its "
+               "environment changed it after, or splits work by the CPU count itself (a "
+               "host callback's library, say)")
 NONDETERMINISTIC_OP = "a nondeterministic op: the same program on the same data gave other bits"
 CALL_COUNTER = ("a counter that depends on the number of calls: something the model reads "
                 "changes with how many times it was built, traced or called (a module-level or "
@@ -54,6 +57,7 @@ class Way:
   cpus: int = 0  # pin to this many CPUs (0: all)
   devices: int = 0  # forced host devices (0: as the environment says)
   xla_flags: str = ""
+  env: tuple = ()  # (name, value) pairs for its environment; value None: unset
   twice_in_process: bool = False  # train once into a scratch directory first, same process
   own_cache: bool = False  # compile into a cache of its own, not the one the others share
   name: str = ""  # its run directory; given by its row (Row.ways)
@@ -149,14 +153,15 @@ ROWS = (  # the report's rows, in its order
         lambda s: (Way({"chunk_steps": s.other}),), CALL_COUNTER),
     Row("in_process", "second run in one process vs first",
         lambda s: (Way(s.plain, twice_in_process=True),), CALL_COUNTER),
-    Row("one_cpu", "1 CPU vs all {s.cpus}", lambda s: (Way(s.plain, cpus=1),),
-        "thread count: " + THREADS_LIMIT, promised=False,
+    Row("one_cpu", "1 CPU vs all {s.cpus}", lambda s: (Way(s.plain, cpus=1),), THREAD_POOL,
         unavailable=lambda s: "" if s.cpus > 1 else "this process may use only 1 CPU"),
+    Row("many_cpus", "a 16-CPU machine (NPROC=16) vs this one",
+        lambda s: (Way(s.plain, env=(("NPROC", "16"), ("PJRT_NPROC", None))),), THREAD_POOL),
     Row("micro", "--micro_shards={s.shards}: 1 device vs {s.shards}", _micro_ways,
         "a nondeterministic op across devices, or non-parameter state the micro-shards do not "
-        "combine in a fixed order; or, on a CPU, the thread split: a process of forced host "
-        "devices shares its CPUs among them, and XLA:CPU's convolutions can follow the threads "
-        "each gets (measured on a 2-core AVX2 CPU: docs/limits.md)",
+        "combine in a fixed order; or, on a CPU, XLA:CPU's thread pool: it has at least as "
+        "many threads as devices, and repro sizes it max(--cpu_threads, --micro_shards) so "
+        "that every device count dividing M shares one (docs/limits.md)",
         unavailable=_micro_unavailable),
     Row("gpu_off", "GPU deterministic ops on vs off",
         lambda s: (Way(s.plain, xla_flags="--xla_gpu_deterministic_ops=false", own_cache=True),),
@@ -258,6 +263,11 @@ def process_env(way: Way, cache: Path) -> dict[str, str]:
     flags.append(f"--xla_force_host_platform_device_count={way.devices}")
   flags += way.xla_flags.split()
   env["XLA_FLAGS"] = " ".join(flags)
+  for name, value in way.env:
+    if value is None:
+      env.pop(name, None)
+    else:
+      env[name] = value
   return env
 
 

@@ -24,6 +24,7 @@ from typing import Any, Callable, NoReturn, Sequence
 
 from absl import flags, logging
 
+from repro import backend
 from repro import task as task_lib
 from repro.config import Config
 from repro.errors import (CheckpointReadError, CheckpointWriteError, NonFiniteLoss, PeerLost,
@@ -321,6 +322,8 @@ def train_main(argv: list[str], hooks=()) -> int:
   argv: from parse_flags_or_exit, the program name and the --task.<option> arguments.
   hooks: repro.Hooks for the run (tests add fault injection here).
   """
+  # XLA:CPU's pool before the task's module is imported (it may compute with JAX).
+  backend.apply(backend.pool_size(FLAGS.cpu_threads, FLAGS.micro_shards))
   config = config_from_flags(argv[1:]).validate()
   from repro import parallel  # imports jax: after the flags are known to be good
   if (FLAGS.coordinator_address or FLAGS.num_processes is not None

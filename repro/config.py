@@ -13,6 +13,7 @@ import json
 import math
 from typing import Any
 
+from repro import backend
 from repro.errors import ReproError
 from repro.identity import DEFAULT_TASK
 from repro.metrics import VAL
@@ -88,6 +89,11 @@ class Config:
   devices: int = _field(0, "Train data-parallel on the first N devices (0: all, of every "
                         "process). CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N "
                         "makes N.", min=0)
+  cpu_threads: int = _field(
+      backend.DEFAULT_THREADS, "Threads of XLA:CPU's pool (on CPU; max(N, --micro_shards)). The "
+      "bits follow this number, never the machine's CPU count: the same command gives the same "
+      "bits on 1 CPU or 64. More threads than CPUs costs time; fewer leaves CPUs idle. Part of "
+      "the run's identity.", min=1)
   micro_shards: int = _field(0, "0: the bits follow the device count. M: topology-invariant "
                              "mode, the same bits on every device count dividing M (the batch "
                              "is cut into M micro-shards summed in one order).", min=0)

@@ -1,12 +1,11 @@
 """What the bits of a run depend on besides its config: versions, platform, code.
 
 Measured on this project's 2-core x86-64 CPU machines (bench/determinism.py):
-one compiled chunk called 30 times on the same inputs gives one result with 1
-CPU and with 2 (no drift across calls as in jax-ml/jax#39741), but the result
-with 1 CPU visible differs from the result with 2: XLA:CPU splits work by the
-number of CPUs the process may use (--xla_cpu_multi_thread_eigen=false does
-not change that). So that number and the CPU's vector features are recorded
-and compared on resume like the package versions.
+one compiled chunk called 30 times on the same inputs gives one result (no
+drift across calls as in jax-ml/jax#39741). XLA:CPU splits work by its thread
+pool's size, which repro fixes from the config (repro.backend), so the number
+of CPUs no longer decides the bits; it is recorded, with the pool, the XLA
+flags and the CPU's vector features (compared on resume like the versions).
 """
 
 from __future__ import annotations
@@ -21,10 +20,13 @@ from pathlib import Path
 
 import jax
 
-# XLA flags that make results deterministic; set before a backend starts.
+from repro import backend
+
+# XLA flags that decide the bits; set before a backend starts.
 # --xla_gpu_deterministic_ops: GPU reductions and scatters without atomics
-# (the CPU build accepts and ignores it). CPU needs none (see above).
-DETERMINISM_FLAGS = ("--xla_gpu_deterministic_ops=true",)
+# (the CPU build accepts and ignores it). On CPU, which library runs
+# convolutions (repro.backend.CPU_FLAGS; the pool is repro.backend's too).
+DETERMINISM_FLAGS = ("--xla_gpu_deterministic_ops=true", *backend.CPU_FLAGS)
 # CPU features that change XLA:CPU's generated code, and so may change bits.
 _CPU_FEATURES = re.compile(r"^(sse4_2|avx|avx2|fma|f16c|avx512\w*|amx\w*|neon|asimd\w*|sve\w*)$")
 
@@ -147,6 +149,7 @@ def platform_info(devices_used: int = 1) -> dict[str, object]:
       "jax_threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
       "jax_default_prng_impl": str(jax.config.jax_default_prng_impl),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "xla_cpu_pool": backend.pool(),
   }
 
 

@@ -60,7 +60,7 @@ def evaluate(path: str | Path, step: int | str | None = None, split: str = "test
   """
   if split not in PREFIXES:
     raise ReproError(f"unknown split {split!r}: pass " + ", ".join(PREFIXES))
-  restored = trained_lib.restore(path, step, task, options)
+  restored = trained_lib.restore(path, step, task, options, run_pool=True)
   task, config = restored.task, restored.config
   name = task_lib.task_name(task)
   data = splits_lib.prepare(task_lib.guarded("data()", task, task.data), name,

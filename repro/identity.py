@@ -41,7 +41,10 @@ BIT_FIELDS = ("seed", "batch_size", "learning_rate", "validation_examples", "sch
 # Bit-deciding fields added by later versions, with the value every checkpoint
 # written without them was trained with. They enter the identity and the
 # default output name only when they differ from it, so older runs keep both.
-ADDED_LATER = {"micro_shards": 0, "program": "scan"}
+# (cpu_threads: before repro fixed XLA:CPU's pool it was the machine's CPU count, 2 on
+# this project's machines; the example convolutional tasks' architectures were bumped, as
+# Eigen's convolutions changed their bits.)
+ADDED_LATER = {"micro_shards": 0, "program": "scan", "cpu_threads": 2}
 # What an identity without a key means (checkpoints from before the key existed).
 DEFAULTS = {**ADDED_LATER, "task": DEFAULT_TASK_NAME}
 # Fields that decide the bits only in some configurations (see config_fields).
@@ -55,7 +58,7 @@ INIT_FROM = "init_from"  # the Config field's name: the source, not its path, de
 ADDED_KEYS = (ARCHITECTURE, SHUFFLE, RNG_STREAMS, DATA, MODULE_RNGS, INIT_FROM)
 # Platform facts (repro.environment.platform_info) that decide the bits; the
 # topology keys do so only outside the topology-invariant mode (micro_shards).
-PLATFORM_KEYS = ("system", "machine", "backend", "device_kind", "cpu_features", "cpus_visible",
+PLATFORM_KEYS = ("system", "machine", "backend", "device_kind", "cpu_features", "xla_cpu_pool",
                  "jax_threefry_partitionable", "jax_default_prng_impl", "xla_flags")
 TOPOLOGY_DEFAULTS = {"devices_used": 1, "process_count": 1}  # before they were recorded
 VERSION_KEYS = tuple(p for p in environment.PACKAGES if p != "repro") + ("python", "lock_digest")

@@ -26,6 +26,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from repro import backend
 from repro import audits
 from repro import checker
 from repro import core
@@ -96,6 +97,7 @@ def replay(run: str | Path, step: int, dump: str | Path | None = None,
   start = max((s for s in steps if s < step), default=0)
   target = stored_lib.find(run, min((s for s in steps if s >= step), default=steps[-1]))
   config = Config.from_dict(target.config)
+  backend.ensure(config.cpu_threads, config.micro_shards)  # the norms below use the run's pool
   if task is None:
     task = task_lib.recorded(config)
   log(f"replaying step {step} of {run} from {'checkpoint ' + str(start) if start else 'the seed'}"
@@ -194,6 +196,7 @@ def augmented(run: str | Path, example: int | Sequence[int], epoch: int,
   ReproError (one line) on bad input."""
   run, steps = stored_lib.run_steps(run)
   config = Config.from_dict(stored_lib.find(run, steps[-1]).config)
+  backend.ensure(config.cpu_threads, config.micro_shards)  # as the run's steps computed it
   if task is None:
     task = task_lib.recorded(config)
   train = _train_split(task, config)

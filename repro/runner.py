@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import jax
 from flax import nnx
 
+from repro import backend
 from repro import checkpoint
 from repro import components
 from repro import core
@@ -223,8 +224,11 @@ def run(config: Config, task: task_lib.Task | None = None, *,
     the run went through. SIGTERM or SIGINT during the run stop it at the next
     chunk boundary with a checkpoint (Result.stopped_by says which).
   """
+  config.validate()
+  backend.ensure(config.cpu_threads, config.micro_shards)  # before anything starts the backend
   config, task = resolve(config, task)
   mesh = parallel.make_mesh(config.devices, config.micro_shards, config.batch_size)
+  backend.check_devices(config.cpu_threads, config.micro_shards)
   primary = parallel.is_primary()
   log = log if primary else (lambda _: None)  # one process speaks
   output = _check_output(config, task)

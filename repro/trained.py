@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
+from repro import backend
 from repro import identity as identity_lib
 from repro import rng
 from repro import state as state_lib
@@ -67,17 +68,20 @@ class Restored:
 
 
 def restore(path: str | Path, step: int | str | None = None, task: task_lib.Task | None = None,
-            options: dict | None = None) -> Restored:
+            options: dict | None = None, run_pool: bool = False) -> Restored:
   """The train state that `path` (a run, a step directory or an export) holds at `step`.
 
   The task is the one recorded (or `task`), with `options` replacing some of its
   options; ReproError (one line) if its model does not fit the checkpoint.
+  run_pool: the process must compute with the run's XLA:CPU pool (repro.backend.ensure).
   """
   stored = stored_lib.find(path, step)
   if stored.kind == stored_lib.ORBAX:
     raise ReproError(f"{stored.path} is an Orbax checkpoint that repro did not write (it names "
                      f"no task): pass it to --init_from of a run, or restore it with Orbax")
   config = Config.from_dict(stored.config)
+  if run_pool:
+    backend.ensure(config.cpu_threads, config.micro_shards)
   if task is None:
     task = task_lib.recorded(config)
   task = task_lib.with_options(task, options or {}, config.task)

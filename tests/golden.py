@@ -37,8 +37,9 @@ CONFIGS = {
     "seed1-batch32-lr3e-3": dict(seed=1, batch_size=32, learning_rate=3e-3, epochs=3),
 }
 # What must match for the bits to be comparable (see repro/environment.py).
+# Not the CPU count: repro fixes XLA:CPU's pool (repro.backend), which is recorded.
 PLATFORM_KEYS = ("machine", "backend", "device_kind", "device_count", "cpu_features",
-                 "cpus_visible")
+                 "xla_cpu_pool")
 
 
 def platform_key() -> dict:

@@ -38,11 +38,11 @@ def assert_all_equal(report: checker.Report) -> None:
   assert report.exit_code == 0, text
   run = [r for r in report.rows if not r.skipped]
   assert all(r.equal for r in run if r.pair.promised), text
-  for row in run:  # 1 CPU vs 2 differ on this machine (XLA:CPU splits work by the CPU count)
-    assert row.equal or (row.equal is False and "thread count" in row.cause), text
+  assert all(r.equal for r in run), text  # the CPU rows too: repro fixes XLA:CPU's pool
   labels = " | ".join(r.pair.label for r in run)
   for expected in ("same run twice", "resumed at step 3 vs straight", "--chunk_steps=2 vs 3",
-                   "second run in one process vs first", "--micro_shards=4: 1 device vs 4"):
+                   "second run in one process vs first", "--micro_shards=4: 1 device vs 4",
+                   "a 16-CPU machine (NPROC=16) vs this one"):
     assert expected in labels
   if len(os.sched_getaffinity(0)) > 1:
     assert "1 CPU vs all" in labels
@@ -123,7 +123,8 @@ def comparison(step: int | None, what: str = "loss") -> verify.Comparison:
     ("chunk", 3, True, [], False, "a counter that depends on the number of calls"),
     ("in_process", 1, True, [], False, "a counter that depends on the number of calls"),
     ("chunk", 3, False, [], False, "a nondeterministic op"),
-    ("one_cpu", 1, True, [], False, "thread count"),
+    ("one_cpu", 1, True, [], False, "XLA:CPU's thread pool followed the machine"),
+    ("many_cpus", 1, True, [], False, "XLA:CPU's thread pool followed the machine"),
     ("micro", 2, True, [], False, "a nondeterministic op across devices"),
     ("gpu_off", 2, True, [], False, "--xla_gpu_deterministic_ops=true"),
 ])
@@ -133,26 +134,32 @@ def test_each_cause_is_named_from_where_the_runs_differ(key, step, first_equal, 
   assert expected in checker.diagnose(row, comparison(step), first_equal, callbacks, data)
 
 
-def test_a_thread_count_difference_is_a_limit_not_a_failure():
-  again, one_cpu = (checker.ROWS_BY_NAME[name] for name in ("again", "one_cpu"))
-  limit = checker.diagnose(one_cpu, comparison(1), True, [], False)
+def test_a_cpu_count_difference_fails_the_check_and_a_limit_does_not():
+  """The CPU rows are promises now (repro fixes XLA:CPU's pool); the GPU flag row is a limit."""
+  again, one_cpu, gpu_off = (checker.ROWS_BY_NAME[name] for name in ("again", "one_cpu", "gpu_off"))
+  assert one_cpu.promised and checker.ROWS_BY_NAME["many_cpus"].promised and not gpu_off.promised
   rows = [checker.Outcome(checker.Pair(again, "same run twice", "base", "again"), True),
-          checker.Outcome(checker.Pair(one_cpu, "1 CPU vs all 2", "base", "one_cpu"), False,
-                          "step 1 (loss)", limit)]
+          checker.Outcome(checker.Pair(gpu_off, "GPU deterministic ops on vs off", "base",
+                                       "gpu_off"), False, "step 1 (loss)",
+                          checker.diagnose(gpu_off, comparison(1), True, [], False))]
   report = checker.Report("cnn", 6, rows, 1.0, 3)
   assert report.exit_code == 0 and "different (a limit)" in checker.format_report(report)
-  rows[0].equal = False
+  rows.append(checker.Outcome(checker.Pair(one_cpu, "1 CPU vs all 2", "base", "one_cpu"), False,
+                              "step 1 (loss)", checker.diagnose(one_cpu, comparison(1), True,
+                                                                [], False)))
   assert report.exit_code == 1 and "NOT REPRODUCIBLE here" in checker.format_report(report)
+  rows[0].equal = False
+  assert report.exit_code == 1
 
 
 def test_the_progress_bar_and_the_report_count_the_same_runs(tmp_path, monkeypatch, capsys):
-  """A way that resumes takes two processes: 8 ways here, 9 runs, in the bar as in the report."""
+  """A way that resumes takes two processes: 9 ways here, 10 runs, in the bar as in the report."""
   ways, _, _ = checker.plan(Config(batch_size=16), STEPS, cpus=2, platform="cpu")
-  assert (len(ways), checker.processes(ways)) == (8, 9)
+  assert (len(ways), checker.processes(ways)) == (9, 10)
   monkeypatch.setattr(checker, "run_way", lambda way, *_: tmp_path / way.name)
   runs = checker._run_all(ways, Config(), STEPS, tmp_path, None, jobs=1, progress=True)
   assert sorted(runs) == sorted(way.name for way in ways)
-  assert "9/9" in capsys.readouterr().err
+  assert "10/10" in capsys.readouterr().err
 
 
 def test_the_host_callbacks_of_a_task_are_found_by_tracing_it():

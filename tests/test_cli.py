@@ -58,7 +58,7 @@ def test_help_documents_every_flag_and_the_task(option):
   for flag in ("seed", "epochs", "output", "checkpoint_every", "max_to_keep", "batch_size",
                "learning_rate", "max_steps", "chunk_steps", "strict", "validation_examples",
                "eval_every", "monitor", "patience", "schedule", "warmup_steps", "plateau_patience",
-               "plateau_factor", "devices", "micro_shards", "config", "task"):
+               "plateau_factor", "devices", "micro_shards", "cpu_threads", "config", "task"):
     assert f"--{flag}:" in result.stdout or f"--[no]{flag}:" in result.stdout, flag
   # the default task and its options are shown with --task
   assert "repro.tasks.cnn:CNN(dataset='fashion_mnist'" in result.stdout

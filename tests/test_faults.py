@@ -220,7 +220,7 @@ def test_a_checkpoint_of_the_im2col_reference_cnn_is_refused_naming_the_architec
   code = subprocess.run([sys.executable, str(TRAIN), *flags_of(config.replace(max_steps=20))],
                         capture_output=True, text=True, timeout=300)
   assert code.returncode == 2 and "Traceback" not in code.stderr, code.stderr
-  assert f"architecture: checkpoint '{v1}', requested 'DigitClassifier-v2" in code.stderr
+  assert f"architecture: checkpoint '{v1}', requested 'DigitClassifier-v3" in code.stderr
   assert "program: checkpoint 'scan', requested 'step'" in code.stderr
   assert (Path(config.output) / "10").is_dir()
 

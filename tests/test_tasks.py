@@ -142,32 +142,58 @@ def test_the_other_program_repeats_resumes_and_feeds_from_the_host_bitwise(name,
 OTHER_TASKS = tuple(name for name in NAMES if name != "cnn")
 
 
-def run_on_devices(configs: list, devices: int, directory: Path) -> None:
-  """Trains the Configs one after another in one process of `devices` forced CPU devices."""
+def run_on_devices(configs: list, devices: int, directory: Path, env: dict | None = None,
+                   pin: tuple[str, ...] = ()) -> None:
+  """Trains the Configs one after another in one process of `devices` forced CPU devices.
+
+  env: changes to its environment (a value None unsets); pin: a command prefix (taskset).
+  """
   listing = directory / "configs.json"
   listing.write_text(json.dumps([c.to_dict() for c in configs]))
-  done = subprocess.run([sys.executable, str(TESTS / "run_configs.py"), str(listing)],
-                        env={**ENV,
-                             "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"},
+  environment = {**ENV, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+                 **(env or {})}
+  done = subprocess.run([*pin, sys.executable, str(TESTS / "run_configs.py"), str(listing)],
+                        env={k: v for k, v in environment.items() if v is not None},
                         capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
 
 
+# One CPU (taskset), and a machine of 16 CPUs (NPROC=16, which XLA:CPU reads when
+# PJRT_NPROC is unset): repro fixes XLA:CPU's pool by the config, so neither changes a bit.
+MACHINES = {"1cpu": ({}, ("taskset", "-c", "0")),
+            "16cpus": ({"NPROC": "16", "PJRT_NPROC": None}, ())}
+
+
+@pytest.fixture(scope="module")
+def other_machines(tiny, tmp_path_factory):
+  """Each task's reference run again, in one process per machine of MACHINES."""
+  runs = {}
+  for machine, (env, pin) in MACHINES.items():
+    configs = {name: tiny(name, f"{name}-{machine}") for name in NAMES}
+    run_on_devices(list(configs.values()), 1, tmp_path_factory.mktemp(machine), env, pin)
+    runs.update({(name, machine): c.output for name, c in configs.items()})
+  return runs
+
+
+@pytest.mark.parametrize("machine", sorted(MACHINES))
+@pytest.mark.parametrize("name", NAMES)
+def test_the_number_of_cpus_changes_no_bit(name, machine, reference, other_machines):
+  assert_same_run(reference[name].output, other_machines[name, machine])
+
+
 @pytest.fixture(scope="module")
 def micro_shard_runs(tiny, tmp_path_factory):
-  """Each other task with --micro_shards=4: on the one device of this process, and on 2
-  and 4 of 4 forced devices in one other process. The ResNet's one-device run is in that
-  process too: on a 2-core AVX2 machine (no AVX-512), a process of 4 forced host devices
-  gives its convolutions other bits than a process of 1 or 2 does, even on one of its
-  devices (measured at 529044e, before augmentation; the CPU-count limit of
-  docs/limits.md), while 1 of 4 and 2 of 4, or 1 of 1 and 2 of 2, agree."""
-  in_process = [name for name in OTHER_TASKS if name != "resnet"]
-  runs = {(name, 1): Path(quiet(tiny(name, f"{name}-micro1", micro_shards=4)).output)
-          for name in in_process}
+  """Each other task with --micro_shards=4: in a process of 1 device, and on 2 and 4 of 4
+  forced devices in another. (Before repro fixed XLA:CPU's pool at max(--cpu_threads,
+  --micro_shards), a process of 4 forced devices gave the ResNet's convolutions other bits
+  than a process of 1 on a 2-core AVX2 machine: their pools were 4 and 2 threads. The pool
+  of M is also why these runs are not in this process: its backend started with 2.)"""
   configs = {(name, d): tiny(name, f"{name}-micro{d}", micro_shards=4, devices=d)
-             for name in OTHER_TASKS for d in (1, 2, 4) if d > 1 or name not in in_process}
-  run_on_devices(list(configs.values()), 4, tmp_path_factory.mktemp("micro"))
-  return {**runs, **{key: Path(c.output) for key, c in configs.items()}}
+             for name in OTHER_TASKS for d in (1, 2, 4)}
+  for devices, wanted in ((1, (1,)), (4, (2, 4))):
+    run_on_devices([c for (_, d), c in configs.items() if d in wanted], devices,
+                   tmp_path_factory.mktemp(f"micro{devices}"))
+  return {key: Path(c.output) for key, c in configs.items()}
 
 
 @pytest.mark.parametrize("name", OTHER_TASKS)

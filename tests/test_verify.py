@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import quiet, small_config
-from repro import environment, verify
+from repro import backend, environment, verify
 
 VERIFY = Path(__file__).resolve().parent.parent / "bin" / "verify"
 
@@ -84,19 +84,27 @@ def test_manifest_records_what_the_bits_depend_on(runs):
   manifest = verify._read_item(runs["a"] / "32", "manifest")
   platform = manifest["environment"]["platform"]
   for key in ("backend", "device_kind", "cpu_features", "cpus_visible", "cpu_count",
-              "jax_threefry_partitionable", "jax_default_prng_impl", "xla_flags"):
+              "jax_threefry_partitionable", "jax_default_prng_impl", "xla_flags", "xla_cpu_pool"):
     assert key in platform, key
   assert "--xla_gpu_deterministic_ops=true" in platform["xla_flags"]
+  assert "--xla_cpu_experimental_ynn_fusion_type=individual_dot,reduce" in platform["xla_flags"]
   assert platform["cpus_visible"] == len(os.sched_getaffinity(0))
+  assert platform["xla_cpu_pool"] == manifest["config"]["cpu_threads"] == backend.DEFAULT_THREADS
 
 
 def test_determinism_flags_respect_a_users_own_setting(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_deterministic_ops=false --foo")
   environment.set_determinism_flags()
-  assert os.environ["XLA_FLAGS"] == "--xla_gpu_deterministic_ops=false --foo"
+  assert os.environ["XLA_FLAGS"] == ("--xla_gpu_deterministic_ops=false --foo "
+                                     "--xla_cpu_experimental_ynn_fusion_type=individual_dot,reduce")
+  monkeypatch.setenv("XLA_FLAGS", "--foo --xla_cpu_experimental_ynn_fusion_type=")
+  environment.set_determinism_flags()
+  assert os.environ["XLA_FLAGS"] == ("--foo --xla_cpu_experimental_ynn_fusion_type= "
+                                     "--xla_gpu_deterministic_ops=true")
   monkeypatch.setenv("XLA_FLAGS", "--foo")
   environment.set_determinism_flags()
-  assert os.environ["XLA_FLAGS"] == "--foo --xla_gpu_deterministic_ops=true"
+  assert os.environ["XLA_FLAGS"] == ("--foo --xla_gpu_deterministic_ops=true "
+                                     "--xla_cpu_experimental_ynn_fusion_type=individual_dot,reduce")
 
 
 def test_fields_a_later_format_added_are_not_differences():

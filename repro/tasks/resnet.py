@@ -70,7 +70,8 @@ class ResNet(ImageClassifier):
   """
 
   name = "resnet"
-  architecture = "SmallResNet-v2:stem-res-pool-widen-res-pool-mean-dropout-dense"
+  # v3: convolutions on Eigen and a fixed XLA:CPU pool (repro.backend) changed the bits.
+  architecture = "SmallResNet-v3:stem-res-pool-widen-res-pool-mean-dropout-dense"
 
   width: int = 16
   dropout: float = 0.1
