@@ -10,9 +10,15 @@ measurement rather than one contender.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Callable
+
+# XLA's backend settings as this process was started, before `import repro` sets
+# its own (repro.backend): each fresh measurement starts from them, as a user's
+# process would (bench/own_models.py's plain loops keep them).
+STARTED_WITH = {name: os.environ.get(name) for name in ("XLA_FLAGS", "PJRT_NPROC")}
 
 import jax
 import numpy as np
@@ -160,7 +166,9 @@ def in_fresh_process(script: str, *words: str) -> dict:
   import json
   import subprocess
   import sys
-  done = subprocess.run([sys.executable, script, *words], capture_output=True, text=True)
+  env = {**os.environ, **STARTED_WITH}
+  done = subprocess.run([sys.executable, script, *words], capture_output=True, text=True,
+                        env={k: v for k, v in env.items() if v is not None})
   if done.returncode != 0:
     raise SystemExit(f"{' '.join(words)} failed:\n{done.stderr[-2000:]}")
   return json.loads(done.stdout.strip().splitlines()[-1])

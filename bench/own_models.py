@@ -10,6 +10,11 @@ fastest of each kept (best of --rounds):
   loop   the Flax tutorial's loop: nnx.Optimizer, an @nnx.jit train step over
          batches gathered on the host in a random order, the loss read back at
          the end; ms a step over --steps steps after 10 warm-up steps.
+  article_loop (with --contenders) the source article's loop: the same step,
+         the loss read back every step for its progress bar.
+The loops run with XLA's own defaults (the backend settings the process was
+started with), as a Flax user's would; repro with its own (repro.backend:
+a fixed thread pool, convolutions on Eigen).
 Models (the same model, loss and optimizer on both sides, batch 64):
   article    the source article's DigitClassifier as written (nnx.Conv), Adam
   bn_dropout nnx.Conv + BatchNorm + Dropout + max pooling, clip + AdamW
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 import time
@@ -35,6 +41,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
+# The backend settings this process was started with, before `import repro` sets
+# its own (repro.backend): the plain loops run with them, as a Flax user's would.
+STARTED_WITH = {name: os.environ.get(name) for name in ("XLA_FLAGS", "PJRT_NPROC")}
 
 BATCH = 64
 MODELS = ("article", "bn_dropout", "resnet", "charlm", "strided")
@@ -126,10 +135,33 @@ def measure_loop(task, steps: int) -> dict:
   return {"ms_step": 1000 * (time.perf_counter() - start) / steps}
 
 
+def jax_defaults() -> None:
+  """XLA's own backend settings for this process (as started), undoing `import repro`'s."""
+  from repro import backend
+  assert not backend.started(), "a JAX backend started before the plain loop's settings"
+  for name, value in STARTED_WITH.items():
+    if value is None:
+      os.environ.pop(name, None)
+    else:
+      os.environ[name] = value
+
+
+def measure_article_loop(task, steps: int) -> dict:
+  """The source article's loop (bench/common.py): the loss read back every step."""
+  from common import measure_loop as article_loop
+  train = {k: v[:BATCH * (steps + 1)] for k, v in task.data().train.items()}
+  return {"ms_step": article_loop(task, train, BATCH)["step_ms"]}
+
+
+CONTENDERS = {"repro": measure_repro, "loop": measure_loop, "article_loop": measure_article_loop}
+
+
 def one(model: str, contender: str, steps: int) -> None:
   """Measures one (model, contender) in this process and prints its JSON line."""
   task = _tasks()[model]
-  measured = (measure_repro if contender == "repro" else measure_loop)(task, steps)
+  if contender != "repro":
+    jax_defaults()
+  measured = CONTENDERS[contender](task, steps)
   print(json.dumps({"model": model, "contender": contender, **measured}), flush=True)
 
 
@@ -138,6 +170,9 @@ def main() -> None:
   parser.add_argument("--rounds", type=int, default=2)
   parser.add_argument("--steps", type=int, default=100)
   parser.add_argument("--models", default=",".join(MODELS))
+  parser.add_argument("--contenders", default="repro,loop",
+                      help="of " + ",".join(CONTENDERS) + " (article_loop: the source "
+                      "article's loop, the loss read every step)")
   parser.add_argument("--out", default=str(HERE / "results" / "own_models.json"))
   parser.add_argument("--one", nargs=2, metavar=("MODEL", "CONTENDER"), help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -145,8 +180,9 @@ def main() -> None:
     return one(*args.one, args.steps)
   from tqdm import tqdm
   models = args.models.split(",")
+  contenders = args.contenders.split(",")
   plan = [(r, m, c) for r in range(args.rounds) for m in models
-          for c in (("repro", "loop") if r % 2 == 0 else ("loop", "repro"))]
+          for c in (contenders if r % 2 == 0 else contenders[::-1])]
   runs: dict = {}
   from common import in_fresh_process
   for _, model, contender in tqdm(plan, desc="measuring", unit="process"):
@@ -156,9 +192,9 @@ def main() -> None:
   for model, by in runs.items():
     best = {c: min(r["ms_step"] for r in rows) for c, rows in by.items()}
     report["models"][model] = {
-        "repro_ms": best["repro"], "loop_ms": best["loop"],
-        "repro_over_loop": best["repro"] / best["loop"], "program": by["repro"][0]["program"],
-        "all": by}
+        **{f"{c}_ms": ms for c, ms in best.items()},
+        **{f"repro_over_{c}": best["repro"] / ms for c, ms in best.items() if c != "repro"},
+        "program": by["repro"][0]["program"], "all": by}
   from common import write_report
   write_report(report, args.out)
 
