@@ -3,8 +3,8 @@
 from repro import backend as _backend
 from repro import environment as _environment
 
+_backend.prepare_at_import()  # first: it notes what a backend already running started with
 _environment.set_determinism_flags()  # before any JAX backend starts
-_backend.prepare_at_import()
 
 from repro import source
 from repro.audits import audit

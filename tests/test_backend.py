@@ -74,6 +74,10 @@ except repro.ReproError as err:
     # JAX computed before `import repro`: its pool and flags were not repro's.
     ("import jax; jax.numpy.zeros(1).block_until_ready()", "", "",
      "import repro before any JAX computation"),
+    # ... even with the right pool in the environment: the convolution flag was missing.
+    ("import os; os.environ['PJRT_NPROC'] = '2'; import jax; "
+     "jax.numpy.zeros(1).block_until_ready()", "", "",
+     "PJRT_NPROC=2 and without repro XLA flags, but the run's bits need 2"),
     # The backend started (repro's default pool, 2) before a run asking for another.
     ("", "import jax; jax.numpy.zeros(1).block_until_ready()", "cpu_threads=3",
      "started with an XLA:CPU pool of PJRT_NPROC=2, but the run's bits need 3"),
