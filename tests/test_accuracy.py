@@ -13,6 +13,8 @@ import pytest
 
 from repro import Config, data, run
 
+pytestmark = pytest.mark.quick  # in `pytest -m quick` (BUILD.md)
+
 REAL = Path(data.DEFAULT_DATA_DIRS["fashion_mnist"])
 
 

@@ -27,6 +27,8 @@ from conftest import N_TRAIN, quiet
 from repro import Config, ReproError, replays, rng, shuffle
 from repro.tasks.resnet import ResNet
 
+pytestmark = pytest.mark.quick  # in `pytest -m quick` (BUILD.md)
+
 
 def sums(image) -> dict:
   """The whole image's sum and its left half's: exact in float32 for uint8 images this small,

@@ -60,6 +60,8 @@ import sys
 sys.path.insert(0, {tests!r})
 {before}
 import repro, tiny_tasks
+
+pytestmark = pytest.mark.quick  # in `pytest -m quick` (BUILD.md)
 {after}
 try:
   repro.run(repro.Config(batch_size=16, epochs=1, output={out!r}, progress=False, {config}),

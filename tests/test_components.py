@@ -16,6 +16,8 @@ from repro.runstate import Chunk, Hook, RunState, StepInfo
 from repro.schedule import Schedule
 from repro.trainer import Trainer
 
+pytestmark = pytest.mark.quick  # in `pytest -m quick` (BUILD.md)
+
 
 def fake_chunk(calls: list):
   """A chunk program that adds 1 per step to a scalar train state; loss 1/step."""

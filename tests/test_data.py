@@ -10,6 +10,8 @@ import pytest
 import idx_data
 from repro import ReproError, data, idx
 
+pytestmark = pytest.mark.quick  # in `pytest -m quick` (BUILD.md)
+
 
 def test_gzipped_and_plain_idx_files_read_the_same(tmp_path):
   a = idx_data.write_dataset(tmp_path / "gz", n_train=20, n_test=5, gz=True)

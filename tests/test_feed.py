@@ -115,6 +115,8 @@ def test_each_device_reads_only_its_own_rows_of_every_batch(tmp_path):
 import json, sys, numpy as np, jax
 sys.path.insert(0, sys.argv[1])
 from repro import feed, parallel, rng, source
+
+pytestmark = pytest.mark.quick  # in `pytest -m quick` (BUILD.md)
 calls = []
 class Recording(source.Arrays):
   def gather(self, indices):

@@ -8,6 +8,8 @@ import pytest
 
 import golden
 
+pytestmark = pytest.mark.quick  # in `pytest -m quick` (BUILD.md)
+
 
 def _load() -> dict:
   return json.loads(golden.GOLDEN.read_text())

@@ -7,6 +7,10 @@ import os
 import re
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.quick  # in `pytest -m quick` (BUILD.md)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

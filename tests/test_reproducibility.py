@@ -9,6 +9,8 @@ import pytest
 from bits import assert_bitwise_equal, differing_leaves, read_losses, restore_state
 from conftest import STEPS_PER_EPOCH, quiet as run_quiet, small_config
 
+pytestmark = pytest.mark.quick  # in `pytest -m quick` (BUILD.md)
+
 FINAL = 2 * STEPS_PER_EPOCH  # 32 steps: the end of the small 2-epoch run
 
 

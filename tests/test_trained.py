@@ -12,6 +12,8 @@ import tiny_tasks
 from conftest import quiet
 from repro import ReproError, load
 
+pytestmark = pytest.mark.quick  # in `pytest -m quick` (BUILD.md)
+
 
 @pytest.fixture(scope="module")
 def trained_run(idx_dir, tfds_dir, tmp_path_factory):

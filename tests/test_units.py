@@ -9,6 +9,8 @@ import pytest
 
 from repro import Config, ReproError, rng, shuffle
 
+pytestmark = pytest.mark.quick  # in `pytest -m quick` (BUILD.md)
+
 
 @pytest.mark.parametrize("field, value, message", [
     ("epochs", 0, "epochs must be >= 1"),

@@ -12,6 +12,8 @@ import pytest
 from conftest import quiet, small_config
 from repro import backend, environment, verify
 
+pytestmark = pytest.mark.quick  # in `pytest -m quick` (BUILD.md)
+
 VERIFY = Path(__file__).resolve().parent.parent / "bin" / "verify"
 
 
