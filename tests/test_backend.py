@@ -18,6 +18,8 @@ import pytest
 from conftest import TRAIN
 from repro import backend
 
+pytestmark = pytest.mark.quick  # in `pytest -m quick` (BUILD.md)
+
 TESTS = Path(__file__).resolve().parent
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(TESTS))
 # A user's environment: none of what `import repro` set in this process.
@@ -60,8 +62,6 @@ import sys
 sys.path.insert(0, {tests!r})
 {before}
 import repro, tiny_tasks
-
-pytestmark = pytest.mark.quick  # in `pytest -m quick` (BUILD.md)
 {after}
 try:
   repro.run(repro.Config(batch_size=16, epochs=1, output={out!r}, progress=False, {config}),

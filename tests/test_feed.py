@@ -16,6 +16,8 @@ from conftest import TRAIN, flags_of, quiet, small_config
 from repro import Config, ReproError, data
 from repro import source as repro_source
 
+pytestmark = pytest.mark.quick  # in `pytest -m quick` (BUILD.md)
+
 TESTS = Path(__file__).resolve().parent
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(TESTS))
 
@@ -115,8 +117,6 @@ def test_each_device_reads_only_its_own_rows_of_every_batch(tmp_path):
 import json, sys, numpy as np, jax
 sys.path.insert(0, sys.argv[1])
 from repro import feed, parallel, rng, source
-
-pytestmark = pytest.mark.quick  # in `pytest -m quick` (BUILD.md)
 calls = []
 class Recording(source.Arrays):
   def gather(self, indices):
