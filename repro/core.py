@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from repro import rewrites
 from repro import rng
 from repro import shuffle
 from repro.task import Task, augments, unpack_loss
@@ -92,7 +93,7 @@ def shard_fn(task: Task, model_def, params, streams, other) -> Callable:
     (loss, (metrics, updated)), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
     return loss, metrics, grads, updated
 
-  return shard
+  return rewrites.fast(shard)
 
 
 def _gather(data: dict, idx: jax.Array) -> dict:

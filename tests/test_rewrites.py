@@ -1,0 +1,139 @@
+"""repro.rewrites: every rewrite gives the bits of the primitive it replaces."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import repro
+from repro import rewrites
+from repro.tasks.images import ImageClassifier
+from bits import assert_bitwise_equal, read_losses, restore_state
+
+pytestmark = pytest.mark.quick
+
+
+def _bits(x) -> np.ndarray:
+  x = np.asarray(x)
+  return x.view(np.dtype(f"u{x.dtype.itemsize}"))
+
+
+def _tied(rs, shape, dtype=np.float32):
+  """Values with many ties (zeros of both signs, repeated small integers)."""
+  x = np.maximum(rs.integers(-3, 3, shape), 0) * rs.choice([1, -1], shape)
+  return jnp.asarray(x.astype(dtype))
+
+
+@pytest.mark.parametrize("shape,window", [
+    ((8, 28, 28, 32), (1, 2, 2, 1)),   # nnx.max_pool(x, (2, 2), strides=(2, 2))
+    ((4, 9, 7, 3), (1, 2, 2, 1)),      # an odd size: the last row and column are in no window
+    ((4, 12, 12, 5), (1, 3, 3, 1)),
+    ((3, 10, 6), (1, 2, 3)),
+])
+@pytest.mark.parametrize("dtype", [np.float32, jnp.bfloat16])
+def test_the_max_pool_gradient_has_the_primitives_bits(shape, window, dtype):
+  rs = np.random.default_rng(0)
+  x = _tied(rs, shape, dtype)
+  g = jnp.asarray(rs.normal(size=[s // w for s, w in zip(shape, window)]).astype(dtype))
+  g = g.at[0].set(-0.0).at[1].set(0.0)
+  pool = lambda x: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, window, "VALID")
+  want = jax.jit(lambda x, g: jax.vjp(pool, x)[1](g)[0])(x, g)
+  got = jax.jit(rewrites.scatter_to_first_max, static_argnums=2)(g, x, window)
+  np.testing.assert_array_equal(_bits(got), _bits(want))
+
+
+class PoolNet(nnx.Module):
+  """A CNN as a Flax user writes one: max pooling after BatchNorm, before the ReLU."""
+
+  def __init__(self, rngs: nnx.Rngs, window=(2, 2), strides=(2, 2)):
+    self.window, self.strides = window, strides
+    self.conv = nnx.Conv(1, 8, kernel_size=(3, 3), rngs=rngs)
+    self.norm = nnx.BatchNorm(8, rngs=rngs)
+    self.head = nnx.Linear(8, 10, rngs=rngs)
+
+  def __call__(self, x):
+    x = nnx.max_pool(self.norm(self.conv(x)), self.window, strides=self.strides)
+    x = nnx.relu(jax.jit(lambda y: nnx.max_pool(y, (2, 2), strides=(2, 2)))(x))
+    return self.head(x.mean(axis=(1, 2)))
+
+
+def _train_steps(window, strides, fast: bool, steps: int = 3):
+  """The parameters after `steps` steps of PoolNet (value_and_grad + optax), jitted."""
+  model = PoolNet(nnx.Rngs(0), window, strides)
+  graphdef, state = nnx.split(model)
+  optimizer = optax.adam(1e-2)
+  rs = np.random.default_rng(1)
+  x = jnp.asarray(rs.integers(0, 4, (steps, 16, 12, 12, 1)).astype(np.float32))
+  y = jnp.asarray(rs.integers(0, 10, (steps, 16)))
+
+  def grads(state, x, y):
+    def loss_of(state):
+      model = nnx.merge(graphdef, state)
+      logits = model(x)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), nnx.state(model)
+    return jax.grad(loss_of, has_aux=True)(state)
+
+  grads_of = rewrites.fast(grads) if fast else grads
+
+  @jax.jit
+  def step(state, opt, x, y):
+    g, updated = grads_of(state, x, y)
+    g = jax.tree.map(lambda a: a if jnp.issubdtype(a.dtype, jnp.floating) else jnp.zeros_like(a), g)
+    updates, opt = optimizer.update(g, opt)
+    return optax.apply_updates(updated, updates), opt
+
+  opt = optimizer.init(state)
+  for i in range(steps):
+    state, opt = step(state, opt, x[i], y[i])
+  return jax.tree.map(np.asarray, nnx.to_pure_dict(state)), jax.make_jaxpr(grads_of)(state, x[0], y[0])
+
+
+def test_a_max_pool_cnn_trains_to_the_same_bits_rewritten():
+  want, slow = _train_steps((2, 2), (2, 2), fast=False)
+  got, rewritten = _train_steps((2, 2), (2, 2), fast=True)
+  assert "select_and_scatter_add" in str(slow)
+  assert "select_and_scatter_add" not in str(rewritten)  # both poolings, the jitted one too
+  assert_bitwise_equal(got, want)
+
+
+def test_overlapping_windows_are_left_to_the_primitive():
+  want, _ = _train_steps((3, 3), (2, 2), fast=False)
+  got, rewritten = _train_steps((3, 3), (2, 2), fast=True)
+  assert str(rewritten).count("select_and_scatter_add") == 1  # the 3x3 one; the 2x2 rewritten
+  assert_bitwise_equal(got, want)
+
+
+@dataclasses.dataclass
+class MaxPoolTask(ImageClassifier):
+  name = "max_pool_cnn"
+
+  def model(self, rngs):
+    return PoolNet(rngs)
+
+  def data(self):
+    rs = np.random.default_rng(2)
+    images = rs.integers(0, 4, (64, 12, 12, 1)).astype(np.float32)
+    labels = rs.integers(0, 10, 64).astype(np.int32)
+    return repro.Splits(train={"image": images, "label": labels},
+                        test={"image": images[:16], "label": labels[:16]})
+
+
+def test_repro_trains_a_max_pool_task_to_the_bits_it_gets_without_the_rewrite(tmp_path,
+                                                                             monkeypatch):
+  def train(name):
+    config = repro.Config(output=str(tmp_path / name), batch_size=16, max_steps=6,
+                          chunk_steps=3, checkpoint_every=6, progress=False)
+    repro.run(config, task=MaxPoolTask(), log=lambda _: None)
+    return restore_state(tmp_path / name / "6"), read_losses(tmp_path / name)
+
+  state, losses = train("rewritten")
+  monkeypatch.setattr(rewrites, "fast", lambda fn: fn)
+  state_as_traced, losses_as_traced = train("as_traced")
+  assert_bitwise_equal(state, state_as_traced)
+  assert losses == losses_as_traced
