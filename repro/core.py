@@ -187,10 +187,11 @@ def make_step(graphdef: nnx.GraphDef, task: Task, reduction, keys: dict) -> Call
 
 
 def trace_step(graphdef: nnx.GraphDef, task: Task, state, keys: dict, features: dict,
-               batch_size: int) -> None:
+               batch_size: int) -> set[str]:
   """Traces one training step (the loss, its gradient, the update) on abstract batches of the
   train split's `features` ({name: (dtype, shape)}), compiling and running nothing; the
-  task's code fails here, if it fails when traced, before anything is written."""
+  task's code fails here, if it fails when traced, before anything is written. Returns the
+  names of the rewrites (repro.rewrites) its programs apply."""
   batch = {k: jax.ShapeDtypeStruct((batch_size,) + tuple(shape), dtype)
            for k, (dtype, shape) in features.items()}
 
@@ -200,7 +201,9 @@ def trace_step(graphdef: nnx.GraphDef, task: Task, state, keys: dict, features: 
     return step(state, jnp.int32(0), jnp.int32(1), jnp.zeros(batch_size, jnp.int32),
                 lambda start, size: batch)
 
-  jax.eval_shape(probe, state, batch, keys)
+  with rewrites.recording() as applied:
+    jax.eval_shape(probe, state, batch, keys)
+  return applied
 
 
 def make_train_chunk(graphdef: nnx.GraphDef, task: Task, *, chunk_steps: int,

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import jax
 
 from repro import environment
+from repro import rewrites
 from repro import rng
 from repro import shuffle
 from repro.errors import ReproError
@@ -52,10 +53,10 @@ _COSINE_FIELDS = ("epochs",)
 _PLATEAU_FIELDS = ("plateau_patience", "plateau_factor")
 _STEERING_FIELDS = ("eval_every", "monitor", "patience")
 # Keys the identity adds beside the config's fields and the task's options.
-ARCHITECTURE, SHUFFLE, RNG_STREAMS, DATA, MODULE_RNGS = (
-    "architecture", "shuffle", "rng_streams", "data_fingerprint", "module_rngs")
+ARCHITECTURE, SHUFFLE, RNG_STREAMS, DATA, MODULE_RNGS, CONV_LAYOUT = (
+    "architecture", "shuffle", "rng_streams", "data_fingerprint", "module_rngs", "conv_layout")
 INIT_FROM = "init_from"  # the Config field's name: the source, not its path, decides the bits
-ADDED_KEYS = (ARCHITECTURE, SHUFFLE, RNG_STREAMS, DATA, MODULE_RNGS, INIT_FROM)
+ADDED_KEYS = (ARCHITECTURE, SHUFFLE, RNG_STREAMS, DATA, MODULE_RNGS, INIT_FROM, CONV_LAYOUT)
 # Platform facts (repro.environment.platform_info) that decide the bits; the
 # topology keys do so only outside the topology-invariant mode (micro_shards).
 PLATFORM_KEYS = ("system", "machine", "backend", "device_kind", "cpu_features", "xla_cpu_pool",
@@ -101,10 +102,11 @@ def reserved_names() -> set[str]:
 
 
 def of(config: Config, task: Task, data_fingerprints: dict[str, str],
-       module_streams: bool, init: dict | None = None) -> dict:
+       module_streams: bool, init: dict | None = None, rewritten: set = frozenset()) -> dict:
   """Everything a checkpoint must agree on to be resumed bit for bit.
 
-  init: what of a warm start's source decides the bits (repro.warmstart).
+  init: what of a warm start's source decides the bits (repro.warmstart);
+  rewritten: the rewrites the step applies (repro.rewrites).
   """
   found = {**config_fields(config), **task.identity(), SHUFFLE: shuffle.SCHEME,
            RNG_STREAMS: rng.STREAMS, DATA: data_fingerprints}
@@ -112,6 +114,8 @@ def of(config: Config, task: Task, data_fingerprints: dict[str, str],
     found[MODULE_RNGS] = rng.RESEED_SCHEME
   if init is not None:
     found[INIT_FROM] = init
+  if rewrites.CONV in rewritten and config.program == "scan":  # bits of a loop's convolutions
+    found[CONV_LAYOUT] = rewrites.CONV_SCHEME
   return found
 
 

@@ -103,9 +103,10 @@ def make(config: Config, task: task_lib.Task, output: Path, data: splits_lib.Pre
   built = state_lib.build(task, config, keys, schedule.total, mesh, warm)
   eval_names, reported = state_lib.check_task(task, built, data.train.features(),
                                               config.batch_size)
-  task_lib.guarded("a training step (the loss's gradient and the update, traced)", task,
-                   lambda: core.trace_step(built.graphdef, task, built.state, keys,
-                                           data.train.features(), config.batch_size))
+  rewritten = task_lib.guarded(
+      "a training step (the loss's gradient and the update, traced)", task,
+      lambda: core.trace_step(built.graphdef, task, built.state, keys, data.train.features(),
+                              config.batch_size))
   monitored = config.monitor.removeprefix(VAL)
   if data.validation is not None and monitored not in reported:
     raise ReproError(f"--monitor={config.monitor} is not a metric of task "
@@ -116,6 +117,6 @@ def make(config: Config, task: task_lib.Task, output: Path, data: splits_lib.Pre
       keys=parallel.replicate(keys, mesh), shuffle_key=keys["shuffle"],
       settings=control_lib.Settings.of(config, task.higher_is_better), schedule=schedule,
       identity=identity_lib.of(config, task, data.fingerprints, built.module_streams,
-                               warm.identity() if warm else None), warm=warm,
+                               warm.identity() if warm else None, rewritten), warm=warm,
       env=environment.describe(devices_used=mesh.size if mesh is not None else 1),
       evaluate=Evaluator(built.graphdef, task, eval_names))

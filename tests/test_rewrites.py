@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -12,8 +13,9 @@ import pytest
 from flax import nnx
 
 import repro
-from repro import rewrites
+from repro import identity, rewrites
 from repro.tasks.images import ImageClassifier
+import tiny_tasks
 from bits import assert_bitwise_equal, read_losses, restore_state
 
 pytestmark = pytest.mark.quick
@@ -137,3 +139,64 @@ def test_repro_trains_a_max_pool_task_to_the_bits_it_gets_without_the_rewrite(tm
   state_as_traced, losses_as_traced = train("as_traced")
   assert_bitwise_equal(state, state_as_traced)
   assert losses == losses_as_traced
+
+
+CONVS = {  # input shape, kernel shape, arguments; each differentiated for both operands
+    "2d": ((8, 10, 10, 4), (3, 3, 4, 6), dict(window_strides=(1, 1), padding="SAME")),
+    "2d-stride2": ((8, 10, 10, 4), (5, 5, 4, 6), dict(window_strides=(2, 2), padding="SAME")),
+    "2d-dilated": ((8, 12, 12, 4), (3, 3, 4, 6),
+                   dict(window_strides=(1, 1), padding="VALID", rhs_dilation=(2, 2))),
+    "2d-groups": ((8, 10, 10, 4), (3, 3, 2, 6),
+                  dict(window_strides=(1, 1), padding="SAME", feature_group_count=2)),
+    "1d": ((8, 20, 4), (5, 4, 6), dict(window_strides=(1,), padding="SAME")),
+    "3d": ((4, 6, 6, 6, 2), (3, 3, 3, 2, 4), dict(window_strides=(1, 1, 1), padding="SAME")),
+}
+# Gradients the rewrite leaves to XLA (element by element in a loop): a strided
+# convolution's input gradient dilates its input; a grouped one's kernel gradient has
+# batch groups.
+LEFT = {"2d-stride2": 0, "2d-groups": 1}
+
+
+def _conv_gradients(name: str):
+  shape, kernel_shape, arguments = CONVS[name]
+  letters = "DHW"[-(len(shape) - 2):]
+  specs = jax.lax.conv_dimension_numbers(shape, kernel_shape,
+                                         (f"N{letters}C", f"{letters}IO", f"N{letters}C"))
+  rs = np.random.default_rng(3)
+  x = jnp.asarray(rs.normal(size=shape).astype(np.float32))
+  kernel = jnp.asarray(rs.normal(size=kernel_shape).astype(np.float32))
+  conv = lambda x, k: jax.lax.conv_general_dilated(x, k, dimension_numbers=specs, **arguments)
+  return jax.grad(lambda x, k: (conv(x, k) ** 2).sum(), argnums=(0, 1)), (x, kernel)
+
+
+@pytest.mark.parametrize("name", sorted(CONVS))
+def test_a_convolutions_gradients_have_the_same_bits_in_the_canonical_layout(name):
+  grads, args = _conv_gradients(name)
+  with rewrites.recording() as applied:
+    got = jax.jit(rewrites.fast(grads))(*args)
+  assert applied == {rewrites.CONV}
+  for a, b in zip(got, jax.jit(grads)(*args)):
+    np.testing.assert_array_equal(_bits(a), _bits(b))
+  # In a loop, where XLA:CPU leaves other layouts to element-by-element sums, the
+  # rewritten gradients are those of the loop-free program.
+  in_loop = jax.jit(lambda *args: jax.lax.scan(
+      lambda c, _: (c, rewrites.fast(grads)(*args)), 0.0, None, length=2)[1])(*args)
+  for i, (a, b) in enumerate(zip(in_loop, got)):
+    if LEFT.get(name) != i:
+      np.testing.assert_array_equal(_bits(a[1]), _bits(b))
+
+
+def _identity(tmp_path, name: str, task, **overrides) -> dict:
+  config = repro.Config(output=str(tmp_path / name), batch_size=16, max_steps=2,
+                        checkpoint_every=2, progress=False, **overrides)
+  repro.run(config, task=task, log=lambda _: None)
+  return json.loads((tmp_path / name / "2" / "manifest" / "metadata").read_text())["identity"]
+
+
+def test_a_scan_of_convolutions_records_the_layout_and_other_runs_do_not(tmp_path):
+  """The rewrite changes the bits of convolutions in a loop only: their runs say so."""
+  assert _identity(tmp_path, "scan", MaxPoolTask(), program="scan")[
+      identity.CONV_LAYOUT] == rewrites.CONV_SCHEME
+  assert identity.CONV_LAYOUT not in _identity(tmp_path, "step", MaxPoolTask(), program="step")
+  assert identity.CONV_LAYOUT not in _identity(tmp_path, "no_conv", tiny_tasks.regression(),
+                                               program="scan")
