@@ -39,7 +39,9 @@ from flax import nnx  # noqa: E402
 
 from common import (best_of, measure_loop, measure_ours, public, timed,  # noqa: E402
                     write_report)
-from repro import checkpoint, core, rng  # noqa: E402
+from repro.checkpoints import store as checkpoint
+from repro.train import core
+from repro.train import rng  # noqa: E402
 from repro.tasks import cnn  # noqa: E402
 
 BATCH = 64
@@ -88,7 +90,10 @@ def measure_checkpoint(state) -> dict:
 STARTUP = """
 import json, sys, time; t0 = time.perf_counter()
 import jax, numpy as np
-from repro import Config, core, rng, state
+from repro import Config
+from repro.train import core
+from repro.train import rng
+from repro.train import state
 from repro.tasks.cnn import CNN
 t_import = time.perf_counter()
 jax.config.update("jax_compilation_cache_dir", sys.argv[1])

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 # XLA's backend settings as this process was started, before `import repro` sets
-# its own (repro.backend): each fresh measurement starts from them, as a user's
+# its own (repro.machine.backend): each fresh measurement starts from them, as a user's
 # process would (bench/own_models.py's plain loops keep them).
 STARTED_WITH = {name: os.environ.get(name) for name in ("XLA_FLAGS", "PJRT_NPROC")}
 
@@ -24,11 +24,15 @@ import jax
 import numpy as np
 from flax import nnx
 
-from repro import Config, parallel, programs, rng, runner, shuffle
-from repro import plan as plan_lib
-from repro import splits as splits_lib
+from repro import Config, runner
+from repro.machine import parallel
+from repro.train import programs
+from repro.train import rng
+from repro.data import shuffle
+from repro.train import plan as plan_lib
+from repro.data import splits as splits_lib
 from repro import task as task_lib
-from repro.source import Arrays, Source
+from repro.data.source import Arrays, Source
 from repro.task import Splits, Task, unpack_loss
 
 
@@ -43,11 +47,11 @@ def measure_ours(task: Task, train_split, batch: int, chunk_steps: int = 100,
                  host_fed: bool = False, program: str = "auto") -> dict:
   """One epoch (or `steps` steps) of run()'s chunks, after a first, compiling chunk.
 
-  The chunk program is the one run() builds (repro.programs; 'auto' resolved
+  The chunk program is the one run() builds (repro.train.programs; 'auto' resolved
   as run() resolves it), over the device-resident split or, with host_fed,
-  fed from the host (repro.feed.HostFeed, one chunk prefetched). One host
+  fed from the host (repro.data.feed.HostFeed, one chunk prefetched). One host
   sync per chunk, as run() does. train_split: a dict of arrays or a
-  repro.source.Source.
+  repro.data.source.Source.
   """
   source = train_split if isinstance(train_split, Source) else Arrays(train_split)
   mesh = parallel.make_mesh(devices, micro_shards, batch)
@@ -139,7 +143,7 @@ def write_report(report: dict, out: str, **environment_extra) -> None:
   """Prints the report with this machine's environment added, and writes it to `out`."""
   import json
   import platform
-  from repro import environment
+  from repro.machine import environment
   report = {**report, "environment": {
       **environment.versions(), **environment.cpu_info(), "python": platform.python_version(),
       **environment_extra, "date": time.strftime("%Y-%m-%d")}}

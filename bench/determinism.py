@@ -23,7 +23,11 @@ import jax
 import numpy as np
 from flax import nnx
 
-from repro import Config, core, digest, rng, state
+from repro import Config
+from repro.train import core
+from repro.checkpoints import digest
+from repro.train import rng
+from repro.train import state
 from repro.tasks.cnn import CNN
 
 

@@ -44,7 +44,7 @@ import json, sys
 sys.path[:0] = [sys.argv[1], sys.argv[1] + "/bench"]
 import numpy as np
 from common import measure_ours, peak_rss_mb
-from repro.source import Arrays
+from repro.data.source import Arrays
 from repro.tasks.cnn import CNN
 source = Arrays({"image": np.load(sys.argv[2], mmap_mode="r"),
                  "label": np.load(sys.argv[3], mmap_mode="r")})

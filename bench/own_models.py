@@ -13,7 +13,7 @@ fastest of each kept (best of --rounds):
   article_loop (with --contenders) the source article's loop: the same step,
          the loss read back every step for its progress bar.
 The loops run with XLA's own defaults (the backend settings the process was
-started with), as a Flax user's would; repro with its own (repro.backend:
+started with), as a Flax user's would; repro with its own (repro.machine.backend:
 a fixed thread pool, convolutions on Eigen).
 Models (the same model, loss and optimizer on both sides, batch 64):
   article    the source article's DigitClassifier as written (nnx.Conv), Adam
@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 # The backend settings this process was started with, before `import repro` sets
-# its own (repro.backend): the plain loops run with them, as a Flax user's would.
+# its own (repro.machine.backend): the plain loops run with them, as a Flax user's would.
 STARTED_WITH = {name: os.environ.get(name) for name in ("XLA_FLAGS", "PJRT_NPROC")}
 
 BATCH = 64
@@ -137,7 +137,7 @@ def measure_loop(task, steps: int) -> dict:
 
 def jax_defaults() -> None:
   """XLA's own backend settings for this process (as started), undoing `import repro`'s."""
-  from repro import backend
+  from repro.machine import backend
   assert not backend.started(), "a JAX backend started before the plain loop's settings"
   for name, value in STARTED_WITH.items():
     if value is None:

@@ -3,7 +3,7 @@
 Each field is defined once, here: its default, its help text (which is also
 its --flag's help, see repro.cli), and its bounds or choices (which validate()
 checks). The task's own options live in `task_options` (see repro.task). Which
-fields decide the bits is said in one place, repro.identity.
+fields decide the bits is said in one place, repro.train.identity.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import json
 import math
 from typing import Any
 
-from repro import backend
+from repro.machine import backend
 from repro.errors import ReproError
-from repro.identity import DEFAULT_TASK
+from repro.task import DEFAULT_TASK
 from repro.metrics import VAL
 
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "plateau")

@@ -2,8 +2,8 @@
 
 Resolve the task, check the output directory, load the data, plan (build and
 check everything; nothing is written yet), take the lock, start or resume
-(repro.resume), train (repro.trainer), and say how it ended. The loop is
-repro.trainer; the numerics, which touch no file, are repro.core.
+(repro.train.resume), train (repro.train.trainer), and say how it ended. The loop is
+repro.train.trainer; the numerics, which touch no file, are repro.train.core.
 """
 
 from __future__ import annotations
@@ -20,30 +20,30 @@ from typing import Callable, Sequence
 import jax
 from flax import nnx
 
-from repro import backend
-from repro import checkpoint
-from repro import components
-from repro import core
-from repro import environment
-from repro import identity as identity_lib
-from repro import lock as lock_lib
-from repro import manifest as manifest_lib
+from repro.machine import backend
+from repro.checkpoints import store as checkpoint
+from repro.train import components
+from repro.train import core
+from repro.machine import environment
+from repro.train import identity as identity_lib
+from repro.checkpoints import lock as lock_lib
+from repro.train import manifest as manifest_lib
 from repro import metrics
-from repro import parallel
-from repro import plan as plan_lib
-from repro import programs
-from repro import resume
-from repro import rng
-from repro import splits as splits_lib
-from repro import state as state_lib
+from repro.machine import parallel
+from repro.train import plan as plan_lib
+from repro.train import programs
+from repro.train import resume
+from repro.train import rng
+from repro.data import splits as splits_lib
+from repro.train import state as state_lib
 from repro import task as task_lib
-from repro import warmstart
+from repro.train import warmstart
 from repro.config import Config
 from repro.errors import CheckpointWriteError, PeerLost, ReproError, squeezed
 from repro.metrics import TEST, VAL
-from repro.runstate import Hook, RunState
-from repro.stop import StopRequests
-from repro.trainer import Ending, Trainer
+from repro.train.runstate import Hook, RunState
+from repro.train.stop import StopRequests
+from repro.train.trainer import Ending, Trainer
 
 # What a run directory may hold; anything else means --output points at
 # somebody else's files, which a run must not mix itself into.
@@ -68,7 +68,7 @@ class Result:
       the task has no test split or a signal stopped the run early.
     output: the run directory.
     checkpoint: the directory of the last checkpoint step.
-    digest: sha256 over every leaf of that checkpoint's state (repro.digest).
+    digest: sha256 over every leaf of that checkpoint's state (repro.checkpoints.digest).
     resumed_from: the step this invocation resumed from, or None.
     already_complete: True if the run had already reached its target and
       nothing was trained or written.
@@ -133,7 +133,7 @@ def _program(config: Config, task: task_lib.Task) -> str:
     return config.program
   model = state_lib.abstract_model(task, rng.streams(config.seed))
   if not isinstance(model, nnx.Module):
-    return "scan"  # repro.state.build says what is wrong with it
+    return "scan"  # repro.train.state.build says what is wrong with it
   return programs.resolve(config.program, model, jax.default_backend(), config.micro_shards)
 
 

@@ -41,6 +41,10 @@ from flax import nnx
 
 from repro.errors import ReproError, one_line
 
+# The task a run trains when none is named (as package.module:attr), and its name.
+DEFAULT_TASK = "repro.tasks.cnn:CNN"
+DEFAULT_TASK_NAME = "cnn"
+
 Batch = dict[str, jax.Array]
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from repro import checkpoint, digest
+from repro.checkpoints import store as checkpoint
+from repro.checkpoints import digest
 
 
 def restore_state(step_dir: str | Path) -> dict:

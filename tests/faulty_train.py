@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from absl import app  # noqa: E402
 
 import repro  # noqa: E402
-from repro import cli  # noqa: E402
+from repro.cli import common, train  # noqa: E402
 
 
 class KillAt(repro.Hook):
@@ -63,7 +63,7 @@ def disk_full_at(step: int, in_background: bool) -> None:
   setattr(handler.JsonCheckpointHandler, name, failing)
 
 
-cli.define_train_flags()
+train.define_flags()
 
 if __name__ == "__main__":
   fault = os.environ.get("REPRO_TEST_FAULT", "")
@@ -73,5 +73,5 @@ if __name__ == "__main__":
     disk_full_at(int(at), in_background=kind == "enospc_async")
   elif fault:
     hooks.append(KillAt(fault))
-  app.run(functools.partial(cli.train_main, hooks=hooks),
-          flags_parser=cli.parse_flags_or_exit)
+  app.run(functools.partial(train.main, hooks=hooks),
+          flags_parser=common.parse_flags_or_exit)

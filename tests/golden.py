@@ -28,16 +28,17 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import idx_data  # noqa: E402
-from repro import Config, environment, metrics, run  # noqa: E402
-from repro import digest  # noqa: E402
+from repro import Config, metrics, run
+from repro.machine import environment  # noqa: E402
+from repro.checkpoints import digest  # noqa: E402
 
 GOLDEN = HERE / "golden" / "digests.json"
 CONFIGS = {
     "seed0-batch16-lr1e-3": dict(seed=0, batch_size=16, learning_rate=1e-3, epochs=2),
     "seed1-batch32-lr3e-3": dict(seed=1, batch_size=32, learning_rate=3e-3, epochs=3),
 }
-# What must match for the bits to be comparable (see repro/environment.py).
-# Not the CPU count: repro fixes XLA:CPU's pool (repro.backend), which is recorded.
+# What must match for the bits to be comparable (see repro/machine/environment.py).
+# Not the CPU count: repro fixes XLA:CPU's pool (repro.machine.backend), which is recorded.
 PLATFORM_KEYS = ("machine", "backend", "device_kind", "device_count", "cpu_features",
                  "xla_cpu_pool")
 

@@ -21,10 +21,10 @@ class MemmapCNN(NpyCNN):
     return repro.Splits(train=train, test=splits.test, source="memmaps")
 
 
-class Claiming(repro.source.Arrays):
+class Claiming(repro.data.source.Arrays):
   """Arrays whose length is off by `extra` (0: honest)."""
 
-  def __init__(self, arrays: repro.source.Arrays, extra: int):
+  def __init__(self, arrays: repro.data.source.Arrays, extra: int):
     super().__init__(arrays.arrays)
     self.extra = extra
 
@@ -34,7 +34,7 @@ class Claiming(repro.source.Arrays):
 
 @dataclasses.dataclass
 class TFDSCNN(CNN):
-  """Training examples read by index from a prepared TFDS directory (repro.source.TFDS)."""
+  """Training examples read by index from a prepared TFDS directory (repro.data.source.TFDS)."""
 
   location_options = CNN.location_options + ("prepared",)
 
@@ -42,6 +42,6 @@ class TFDSCNN(CNN):
 
   def data(self):
     splits = super().data()
-    return repro.Splits(train=repro.source.TFDS(self.prepared, "train",
+    return repro.Splits(train=repro.data.source.TFDS(self.prepared, "train",
                                                 dtypes={"label": "int32"}),
                         test=splits.test)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from repro import Config, data, run
+from repro import Config, run
+from repro.data import datasets as data
 
 pytestmark = pytest.mark.quick  # in `pytest -m quick` (BUILD.md)
 

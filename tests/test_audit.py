@@ -23,7 +23,8 @@ import pytest
 
 import tiny_tasks
 from conftest import quiet
-from repro import Config, ReproError, audits
+from repro import Config, ReproError
+from repro.proof import audits
 from test_tasks import ENV, TESTS, run_on_devices
 
 
@@ -150,7 +151,7 @@ def test_a_run_with_one_checkpoint_says_what_to_pass(tmp_path):
 
 def model_params(step_dir: Path) -> dict:
   import repro
-  from repro import digest
+  from repro.checkpoints import digest
   from flax import nnx
   return digest.named_leaves(nnx.to_pure_dict(nnx.state(repro.load(step_dir).model, nnx.Param)))
 
@@ -205,7 +206,7 @@ def test_a_bad_replay_is_one_line_and_exit_2(runs, args, message):
 
 
 def test_a_run_on_two_devices_replays_and_audits_on_two(runs, tmp_path):
-  from repro import stored
+  from repro.checkpoints import stored
   config = Config.from_dict(stored.find(runs[0], 10).config).replace(
       output=str(tmp_path / "two"), devices=2, max_steps=6, checkpoint_every=3, data_path="device")
   run_on_devices([config], 2, tmp_path)

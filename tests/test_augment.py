@@ -24,7 +24,10 @@ import pytest
 import repro
 from bits import assert_bitwise_equal, restore_state
 from conftest import N_TRAIN, quiet
-from repro import Config, ReproError, replays, rng, shuffle
+from repro import Config, ReproError
+from repro.proof import replays
+from repro.train import rng
+from repro.data import shuffle
 from repro.tasks.resnet import ResNet
 
 pytestmark = pytest.mark.quick  # in `pytest -m quick` (BUILD.md)

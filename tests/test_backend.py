@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TRAIN
-from repro import backend
+from repro.machine import backend
 
 pytestmark = pytest.mark.quick  # in `pytest -m quick` (BUILD.md)
 

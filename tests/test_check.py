@@ -15,7 +15,10 @@ import pytest
 
 import repro
 import tiny_tasks
-from repro import Config, checker, verify
+from repro import Config
+from repro.proof import checker
+from repro.proof import processes
+from repro.proof import verify
 
 TESTS = Path(__file__).resolve().parent
 CHECK = TESTS.parent / "bin" / "check"
@@ -155,7 +158,7 @@ def test_a_cpu_count_difference_fails_the_check_and_a_limit_does_not():
 def test_the_progress_bar_and_the_report_count_the_same_runs(tmp_path, monkeypatch, capsys):
   """A way that resumes takes two processes: 9 ways here, 10 runs, in the bar as in the report."""
   ways, _, _ = checker.plan(Config(batch_size=16), STEPS, cpus=2, platform="cpu")
-  assert (len(ways), checker.processes(ways)) == (9, 10)
+  assert (len(ways), processes.count(ways)) == (9, 10)
   monkeypatch.setattr(checker, "run_way", lambda way, *_: tmp_path / way.name)
   runs = checker._run_all(ways, Config(), STEPS, tmp_path, None, jobs=1, progress=True)
   assert sorted(runs) == sorted(way.name for way in ways)
@@ -182,7 +185,7 @@ def test_a_task_defined_in_the_calling_script_is_checked(tmp_path):
       '  import sys\n'
       '  report = repro.check(repro.Config(epochs=2, batch_size=32, progress=False), Sine(),\n'
       '                       steps=4, pairs=("again", "resumed"), log=lambda _: None)\n'
-      '  print(repro.checker.format_report(report))\n'
+      '  print(repro.proof.checker.format_report(report))\n'
       '  sys.exit(report.exit_code)\n')
   (tmp_path / "sine_check.py").write_text(code)
   out = subprocess.run([sys.executable, "sine_check.py"], cwd=tmp_path, capture_output=True,

@@ -13,7 +13,8 @@ import pytest
 import repro
 from bits import assert_bitwise_equal, restore_state
 from conftest import TRAIN, data_flags as small_data_flags
-from repro import Config, ReproError, cli
+from repro import Config, ReproError
+from repro.cli import task_options
 
 CHARLM = "repro.tasks.charlm:CharLM"
 
@@ -202,7 +203,7 @@ class Unresolved(repro.Task):
 
 
 def test_task_options_are_read_as_the_task_declares_them():
-  read = lambda *words: cli.read_task_options(Typed(), "m:Typed", words)
+  read = lambda *words: task_options.read_task_options(Typed(), "m:Typed", words)
   assert read("--task.count=3", "--task.rate=0.5", "--task.shuffle=false", "--task.name=y",
               "--task.sizes=[2, 3]") == dict(count=3, rate=0.5, shuffle=False, name="y",
                                              sizes=(2, 3))
@@ -214,9 +215,9 @@ def test_task_options_are_read_as_the_task_declares_them():
 
 
 def test_options_whose_annotations_do_not_resolve_take_their_defaults_types():
-  assert cli.read_task_options(Unresolved(), "m:Unresolved", ["--task.count=4"]) == dict(count=4)
+  assert task_options.read_task_options(Unresolved(), "m:Unresolved", ["--task.count=4"]) == dict(count=4)
   with pytest.raises(ReproError, match="takes an integer for count"):
-    cli.read_task_options(Unresolved(), "m:Unresolved", ["--task.count=x"])
+    task_options.read_task_options(Unresolved(), "m:Unresolved", ["--task.count=x"])
 
 
 @pytest.mark.parametrize("word, message", [
@@ -230,5 +231,5 @@ def test_options_whose_annotations_do_not_resolve_take_their_defaults_types():
 ])
 def test_a_bad_task_option_names_what_the_task_takes(word, message):
   with pytest.raises(ReproError) as refused:
-    cli.read_task_options(Typed(), "m:Typed", [word])
+    task_options.read_task_options(Typed(), "m:Typed", [word])
   assert message in str(refused.value)

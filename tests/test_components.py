@@ -9,12 +9,12 @@ import math
 import numpy as np
 import pytest
 
-from repro import components
-from repro import control
+from repro.train import components
+from repro.train import control
 from repro.config import Config
-from repro.runstate import Chunk, Hook, RunState, StepInfo
-from repro.schedule import Schedule
-from repro.trainer import Trainer
+from repro.train.runstate import Chunk, Hook, RunState, StepInfo
+from repro.train.schedule import Schedule
+from repro.train.trainer import Trainer
 
 pytestmark = pytest.mark.quick  # in `pytest -m quick` (BUILD.md)
 

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 import idx_data
-from repro import ReproError, data, idx
+from repro import ReproError
+from repro.data import datasets as data
+from repro.data import idx
 
 pytestmark = pytest.mark.quick  # in `pytest -m quick` (BUILD.md)
 
@@ -40,7 +42,7 @@ def test_load_goes_through_tfds_once_then_reuses_the_prepared_copy(tmp_path):
 
 
 def test_tfds_stores_the_examples_in_an_order_fixed_by_their_index_alone(tmp_path):
-  """What the round trip in repro.data does to the data: a permutation of the IDX index, the
+  """What the round trip in repro.data.datasets does to the data: a permutation of the IDX index, the
   same one for other bytes (so it decides every run's bits, and does not depend on them)."""
 
   def order(seed: int) -> list[int]:
@@ -64,7 +66,7 @@ def test_processes_started_together_prepare_the_copy_once(tmp_path):
   import subprocess
   import sys
   src = idx_data.write_dataset(tmp_path / "idx", n_train=40, n_test=10)
-  code = ("import sys, json; from repro import data; notes = []; d = data.load('fashion_mnist',"
+  code = ("import sys, json; from repro.data import datasets as data; notes = []; d = data.load('fashion_mnist',"
           " sys.argv[1], sys.argv[2], log=notes.append); print(json.dumps([notes, "
           "int(d.train_images.sum())]))")
   procs = [subprocess.Popen([sys.executable, "-c", code, str(src), str(tmp_path / "tfds")],
@@ -139,7 +141,7 @@ def test_missing_file_and_missing_directory_say_how_to_fix_it(tmp_path):
 
 
 def test_fingerprint_covers_bytes_shape_and_dtype():
-  from repro import splits
+  from repro.data import splits
   images = np.zeros((2, 28, 28, 1), np.uint8)
   labels = np.array([1, 2], np.int32)
   base = splits.fingerprint({"image": images, "label": labels})

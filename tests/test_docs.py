@@ -281,7 +281,7 @@ def test_the_install_commands_differ_only_in_their_lock_and_what_they_run():
 
 def test_the_python_fragments_name_what_exists():
   import repro
-  import repro.source  # noqa: F401
+  import repro.data.source  # noqa: F401
   fragments = [c for c in doc_commands()
                if c.language == "python" and COMMANDS[c.text].group == NOT_RUN]
   assert fragments

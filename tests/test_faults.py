@@ -16,7 +16,7 @@ import pytest
 from bits import assert_bitwise_equal, read_losses, restore_state
 from conftest import TRAIN, flags_of, quiet, small_config
 from repro import ReproError
-from repro.stop import EXIT_STOPPED
+from repro.train.stop import EXIT_STOPPED
 
 FAULTY_TRAIN = Path(__file__).resolve().parent / "faulty_train.py"
 
@@ -120,7 +120,7 @@ def test_a_run_whose_only_checkpoint_was_half_written_says_so_and_starts_fresh(r
 def test_an_io_error_while_restoring_is_one_line_exit_74_and_renames_nothing(small,
                                                                              monkeypatch):
   import errno
-  from repro import checkpoint
+  from repro.checkpoints import store as checkpoint
   from repro.errors import CheckpointReadError
   config = small("eio", max_steps=10)
   quiet(config)
@@ -340,7 +340,7 @@ def test_a_damaged_data_cache_is_named_rebuilt_from_the_source_and_never_trained
 
 
 def test_a_cache_from_before_fingerprints_is_rebuilt_once(idx_dir, tmp_path):
-  from repro import data
+  from repro.data import datasets as data
   data.load("fashion_mnist", str(idx_dir), str(tmp_path / "tfds"), log=lambda _: None)
   (decoded_cache(tmp_path / "tfds") / "fingerprints.json").unlink()
   messages = []

@@ -63,7 +63,7 @@ def test_plateau_decays_and_its_state_is_checkpointed(small):
   config = small("plateau", schedule="plateau", monitor="val_accuracy", plateau_patience=1,
                  eval_every=2, max_steps=20, **VAL)
   quiet(config)
-  from repro import checkpoint
+  from repro.checkpoints import store as checkpoint
   store = checkpoint.Store(Path(config.output), max_to_keep=3)
   control = store.read_json(20, "cursor")["control"]
   store.close()
@@ -97,7 +97,7 @@ def test_the_best_checkpoint_is_kept_beside_the_latest(small):
   steps = sorted(int(p.name) for p in Path(result.output).iterdir() if p.name.isdigit())
   assert result.best_step is not None and result.best_step in steps
   assert steps == sorted({result.best_step, result.step})
-  from repro import checkpoint
+  from repro.checkpoints import store as checkpoint
   store = checkpoint.Store(Path(result.output), max_to_keep=1)
   manifest = store.read_json(result.step, "manifest")
   store.close()
@@ -167,7 +167,7 @@ def test_plot_writes_a_png_of_overlaid_runs(small, tmp_path):
 
 
 def test_plot_shows_the_monitored_metric_else_accuracy_else_loss(tmp_path):
-  from repro import plot
+  from repro.cli import plot
   records = [{"step": 4, "val_loss": 2.0, "val_perplexity": 7.4}]
   assert plot.validation_metric(tmp_path, records) == "val_loss"
   (tmp_path / "config.json").write_text(json.dumps({"monitor": "val_perplexity"}))

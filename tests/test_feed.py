@@ -13,8 +13,9 @@ import pytest
 
 from bits import assert_bitwise_equal, read_losses, restore_state
 from conftest import TRAIN, flags_of, quiet, small_config
-from repro import Config, ReproError, data
-from repro import source as repro_source
+from repro import Config, ReproError
+from repro.data import datasets as data
+from repro.data import source as repro_source
 
 pytestmark = pytest.mark.quick  # in `pytest -m quick` (BUILD.md)
 
@@ -116,7 +117,10 @@ def test_each_device_reads_only_its_own_rows_of_every_batch(tmp_path):
   code = """
 import json, sys, numpy as np, jax
 sys.path.insert(0, sys.argv[1])
-from repro import feed, parallel, rng, source
+from repro.data import feed
+from repro.machine import parallel
+from repro.train import rng
+from repro.data import source
 calls = []
 class Recording(source.Arrays):
   def gather(self, indices):

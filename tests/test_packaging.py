@@ -39,7 +39,7 @@ def locks() -> dict[str, Path]:
 
 
 def test_the_locks_are_pip_compiles_of_setup_cfg_with_a_hash_for_every_package():
-  from repro import environment
+  from repro.machine import environment
   cfg = configparser.ConfigParser()
   cfg.read(ROOT / "setup.cfg")
   direct = dict(l.strip().split("==", 1) for l in cfg["options"]["install_requires"].splitlines()
@@ -57,7 +57,7 @@ def test_the_locks_are_pip_compiles_of_setup_cfg_with_a_hash_for_every_package()
 
 def test_the_installed_environment_is_exactly_the_test_lock():
   """What CI installs (README's test command) must be the lock, nothing more or less."""
-  from repro import environment
+  from repro.machine import environment
   locked = environment.locked_versions(locks()["test"])
   installed = environment.installed_versions()
   differs = [f"{n}: locked {v}, installed {installed.get(n, 'none')}"
@@ -70,7 +70,7 @@ def test_the_installed_environment_is_exactly_the_test_lock():
 
 def test_every_manifest_records_the_lock_digest():
   import hashlib
-  from repro import environment
+  from repro.machine import environment
   versions = environment.describe()["versions"]
   assert versions["lock_digest"] == hashlib.sha256(locks()["runtime"].read_bytes()).hexdigest()
   assert versions["differs_from_lock"] == []

@@ -20,7 +20,7 @@ import pytest
 
 from bits import assert_bitwise_equal, read_losses, restore_state
 from conftest import STEPS_PER_EPOCH, TRAIN, data_flags
-from repro.stop import EXIT_STOPPED
+from repro.train.stop import EXIT_STOPPED
 FINAL = 2 * STEPS_PER_EPOCH
 
 
@@ -251,9 +251,9 @@ def test_sigkill_of_one_process_ends_the_other_at_once_and_the_run_resumes(invar
 
 @pytest.mark.parametrize("micro_shards, warned", [(0, True), (4, False)])
 def test_another_device_or_process_layout_warns_unless_topology_invariant(micro_shards, warned):
-  from repro import environment
+  from repro.machine import environment
   from repro.config import Config
-  from repro.identity import check_environment as _check_environment
+  from repro.train.identity import check_environment as _check_environment
   now = environment.describe(devices_used=4)
   saved = json.loads(json.dumps(now))
   saved["platform"]["process_count"] = 2

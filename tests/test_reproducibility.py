@@ -90,7 +90,7 @@ def test_metrics_hold_one_loss_per_step_without_gaps_or_duplicates(reference):
 
 
 def test_manifest_records_config_versions_fingerprint_and_metrics(reference):
-  from repro import checkpoint
+  from repro.checkpoints import store as checkpoint
   store = checkpoint.Store(Path(reference.output), max_to_keep=3)
   manifest = store.read_json(FINAL, "manifest")
   cursor = store.read_json(FINAL, "cursor")

@@ -1,4 +1,4 @@
-"""repro.rewrites: every rewrite gives the bits of the primitive it replaces."""
+"""repro.train.rewrites: every rewrite gives the bits of the primitive it replaces."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import pytest
 from flax import nnx
 
 import repro
-from repro import identity, rewrites
+from repro.train import identity
+from repro.train import rewrites
 from repro.tasks.images import ImageClassifier
 import tiny_tasks
 from bits import assert_bitwise_equal, read_losses, restore_state

@@ -28,8 +28,9 @@ import pytest
 import tiny_tasks
 from bits import assert_bitwise_equal, read_losses, restore_state
 from conftest import TRAIN, flags_of, quiet
-from repro import Config, ReproError, verify
-from repro.stop import EXIT_STOPPED
+from repro import Config, ReproError
+from repro.proof import verify
+from repro.train.stop import EXIT_STOPPED
 from tiny_tasks import NAMES
 
 TESTS = Path(__file__).resolve().parent
@@ -318,7 +319,9 @@ def test_a_modules_own_rng_stream_state_does_not_change_a_step(idx_dir, tfds_dir
   """The stream nnx.Dropout holds is reseeded from (seed, step) before each step: whatever
   key and count it carries in (how often a program ran before), the step is the same."""
   from flax import nnx
-  from repro import core, rng, state as state_lib
+  from repro.train import core
+  from repro.train import rng
+  from repro.train import state as state_lib
   from repro.tasks.resnet import ResNet
   task = ResNet(data_dir=str(idx_dir), tfds_dir=str(tfds_dir), width=4, dropout=0.5)
   keys = rng.streams(0)
@@ -339,7 +342,7 @@ def test_a_modules_own_rng_stream_state_does_not_change_a_step(idx_dir, tfds_dir
 
 def test_two_modules_holding_streams_get_different_keys():
   from flax import nnx
-  from repro import rng
+  from repro.train import rng
 
   class TwoDropouts(nnx.Module):
     def __init__(self, rngs):

@@ -106,7 +106,7 @@ def binary(name: str, *args: str) -> "subprocess.CompletedProcess":
 
 
 def test_evaluate_gives_the_runs_own_metrics_bit_for_bit_on_each_split(trained_run):
-  from repro.evaluation import evaluate
+  from repro.model.evaluation import evaluate
   _, result = trained_run
   before = listing(Path(result.output))
   assert evaluate(result.output).metrics == result.test
@@ -156,7 +156,7 @@ def test_bin_eval_bad_input_is_one_line_and_exit_2(trained_run, args, message):
 
 
 def test_an_option_that_changes_the_model_is_refused_naming_it(tmp_path):
-  from repro.evaluation import evaluate
+  from repro.model.evaluation import evaluate
   config = __import__("repro").Config(output=str(tmp_path / "r"), batch_size=16, epochs=1,
                                       progress=False, chunk_steps=8)
   quiet(config, task=tiny_tasks.regression())
@@ -172,7 +172,7 @@ def test_an_export_loads_in_plain_orbax_and_in_repro_with_the_runs_metrics(train
   import json
   import orbax.checkpoint as ocp
   from flax import nnx
-  from repro.evaluation import evaluate
+  from repro.model.evaluation import evaluate
   _, result = trained_run
   done = binary("export", result.output, f"--out={tmp_path / 'exp'}", "--step=20")
   assert done.returncode == 0 and f"to {tmp_path / 'exp'}" in done.stdout, done.stderr
@@ -192,7 +192,7 @@ def test_an_export_loads_in_plain_orbax_and_in_repro_with_the_runs_metrics(train
 
 def test_a_bfloat16_export_and_the_exports_refusals(trained_run, tmp_path):
   import orbax.checkpoint as ocp
-  from repro.exports import export
+  from repro.model.exports import export
   _, result = trained_run
   export(result.output, tmp_path / "bf16", dtype="bfloat16")
   plain = ocp.StandardCheckpointer().restore(tmp_path / "bf16" / "model")

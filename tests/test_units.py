@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from repro import Config, ReproError, rng, shuffle
+from repro import Config, ReproError
+from repro.train import rng
+from repro.data import shuffle
 
 pytestmark = pytest.mark.quick  # in `pytest -m quick` (BUILD.md)
 
@@ -41,7 +43,7 @@ def test_config_round_trips_through_json_and_refuses_unknown_fields():
 
 
 def test_default_output_depends_on_the_bit_fields_only():
-  from repro import identity
+  from repro.train import identity
   from repro.tasks.cnn import CNN
   name = lambda config, task=CNN(): identity.default_output(config, task)
   base = Config(seed=0)
@@ -108,7 +110,8 @@ def test_chunk_permutations_give_the_same_batches_as_the_step_alone(chunk_steps)
 
 
 def test_chunks_of_any_start_and_length_share_one_compiled_program():
-  from repro import core, state as state_lib
+  from repro.train import core
+  from repro.train import state as state_lib
   from repro.tasks.cnn import CNN
   keys = rng.streams(0)
   built = state_lib.build(CNN(), Config(), keys, 100, mesh=None)

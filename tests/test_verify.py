@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from conftest import quiet, small_config
-from repro import backend, environment, verify
+from repro.machine import backend
+from repro.machine import environment
+from repro.proof import verify
 
 pytestmark = pytest.mark.quick  # in `pytest -m quick` (BUILD.md)
 

@@ -25,9 +25,9 @@ import repro
 import tiny_tasks
 from conftest import quiet
 from repro import Config, ReproError
-from repro import digest
-from repro import lineage
-from repro.warmstart import fill
+from repro.checkpoints import digest
+from repro.proof import lineage
+from repro.train.warmstart import fill
 from test_tasks import ENV, TESTS, assert_same_run, run_on_devices
 
 VERIFY = TESTS.parent / "bin" / "verify"
@@ -98,7 +98,7 @@ def test_the_lineage_names_the_source_its_step_and_digest(setup):
 
 def test_a_run_its_export_and_a_plain_orbax_tree_give_the_same_fine_tune(setup, tmp_path):
   make, source = setup
-  from repro.exports import export
+  from repro.model.exports import export
   exported = export(source, tmp_path / "exported")
   weights = nnx.to_pure_dict(nnx.state(repro.load(source).model, nnx.Not(nnx.RngState)))
   checkpointer = ocp.StandardCheckpointer()  # as a user without repro writes it
@@ -147,7 +147,8 @@ def test_a_changed_source_is_refused_on_resume_and_reported_by_the_lineage(setup
   assert checked.returncode == 1, checked.stderr
   assert f"1. run {copy}/10 (step 10, task repro.tasks.charlm:CharLM" in checked.stdout
   assert "changed (its weights digest is now" in checked.stdout
-  from repro import audits, stored
+  from repro.proof import audits
+  from repro.checkpoints import stored
   problems, _ = audits._checks(run, stored.finalized(run))  # what bin/audit reports first
   assert problems == [f"its --init_from source {copy}/10 is changed (its weights digest is now "
                       f"{checked.stdout.split('weights digest is now ')[1][:12]}): the fine-tune "

@@ -19,9 +19,9 @@ from repro.tasks.images import ImageClassifier
 # layer is computed changes (any of these changes the bits). v1 computed the
 # convolutions as im2col matrix products (a scan body ran nnx.Conv's kernel
 # gradient 10x slower on XLA:CPU); v2 is the article's model as written, run by
-# the per-step program on CPU (repro.programs), which is faster still; v3 is v2
+# the per-step program on CPU (repro.train.programs), which is faster still; v3 is v2
 # with its convolutions on Eigen instead of YNNPACK and XLA:CPU's pool fixed by
-# --cpu_threads (repro.backend): other bits, 1.8x faster, the same on any CPU count.
+# --cpu_threads (repro.machine.backend): other bits, 1.8x faster, the same on any CPU count.
 ARCHITECTURE = "DigitClassifier-v3:conv32-avgpool-conv64-avgpool-dense256-dense10"
 
 

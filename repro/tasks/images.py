@@ -9,14 +9,14 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from repro import data as data_lib
+from repro.data import datasets as data_lib
 from repro.errors import ReproError
 from repro.task import Splits, Task
 
 
 @dataclasses.dataclass
 class ImageClassifier(Task):
-  """Cross-entropy classification of the images of a repro.data dataset.
+  """Cross-entropy classification of the images of a repro.data.datasets dataset.
 
   Options:
     dataset: 'fashion_mnist' (Debian's dataset-fashion-mnist) or 'mnist'.

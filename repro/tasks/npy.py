@@ -18,7 +18,7 @@ import dataclasses
 
 import numpy as np
 
-from repro import source
+from repro.data import source
 from repro.errors import ReproError
 from repro.task import Splits
 from repro.tasks.cnn import CNN

@@ -70,7 +70,7 @@ class ResNet(ImageClassifier):
   """
 
   name = "resnet"
-  # v3: convolutions on Eigen and a fixed XLA:CPU pool (repro.backend) changed the bits.
+  # v3: convolutions on Eigen and a fixed XLA:CPU pool (repro.machine.backend) changed the bits.
   architecture = "SmallResNet-v3:stem-res-pool-widen-res-pool-mean-dropout-dense"
 
   width: int = 16

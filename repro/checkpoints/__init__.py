@@ -1,0 +1,4 @@
+"""Checkpoint storage: the Orbax store (store), leaf digests (digest), the run
+directory's lock (lock), and reading what a run or an export stored (stored).
+Imports nothing of train, model, proof or cli.
+"""

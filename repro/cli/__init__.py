@@ -1,0 +1,5 @@
+"""The command line: one module per binary (train, verify, evaluate, export, plot_main, check,
+audit, replay), each with define_flags() and main(argv), over what they share (common: the
+absl parser, flags -> Config, one-line errors) and a task's options (task_options).
+Imports any layer below it; nothing imports it.
+"""

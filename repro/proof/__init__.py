@@ -1,0 +1,4 @@
+"""Proofs: comparing runs (verify), fresh-process checks (checker, check_run, processes),
+audits and replays of stored steps (audits, replays) and a model's lineage (lineage).
+Imports nothing of cli.
+"""
