@@ -102,7 +102,7 @@ def test_a_run_applies_its_pool_when_no_backend_started_yet(tmp_path):
   code = PYTHON_USER.format(tests=str(TESTS), before="", after="", out=str(tmp_path / "run"),
                             config="micro_shards=8") + (
       "import os, jax\nassert os.environ['PJRT_NPROC'] == '8', os.environ['PJRT_NPROC']\n"
-      "from repro import backend\nassert backend.pool() == 8\n")
+      "from repro.machine import backend\nassert backend.pool() == 8\n")
   done = subprocess.run([sys.executable, "-c", code], env=USER_ENV, capture_output=True,
                         text=True, timeout=300)
   assert done.returncode == 0, done.stdout + done.stderr

@@ -159,7 +159,7 @@ def test_the_progress_bar_and_the_report_count_the_same_runs(tmp_path, monkeypat
   """A way that resumes takes two processes: 9 ways here, 10 runs, in the bar as in the report."""
   ways, _, _ = checker.plan(Config(batch_size=16), STEPS, cpus=2, platform="cpu")
   assert (len(ways), processes.count(ways)) == (9, 10)
-  monkeypatch.setattr(checker, "run_way", lambda way, *_: tmp_path / way.name)
+  monkeypatch.setattr(processes, "run_way", lambda way, *_: tmp_path / way.name)
   runs = checker._run_all(ways, Config(), STEPS, tmp_path, None, jobs=1, progress=True)
   assert sorted(runs) == sorted(way.name for way in ways)
   assert "10/10" in capsys.readouterr().err

@@ -364,7 +364,7 @@ def _run_all(ways: list[Way], config: Config, steps: int, root: Path, main: str 
   from tqdm import tqdm
   runs = {}
   with concurrent.futures.ThreadPoolExecutor(jobs or os.cpu_count() or 1) as pool:
-    futures = {pool.submit(run_way, w, config, steps, root, root / "task.json", main): w
+    futures = {pool.submit(processes.run_way, w, config, steps, root, root / "task.json", main): w
                for w in ways}
     bar = tqdm(total=processes.count(ways), desc="check runs", unit="run", disable=not progress,
                file=sys.stderr)

@@ -1,0 +1,205 @@
+"""Kill or fail a short run at every file-system call of a kind, then rerun it: bitwise?
+
+    python tools/fault_sweep.py [--kinds=fsync,rename,...] [--errors=ENOSPC,EIO]
+        [--sample=N --seed=S] [--out=DIR] [--json=FILE]
+
+As SQLite's crash and I/O-error tests run an operation once per index of its
+I/O calls, this runs a short training run (the regression example, 16 steps,
+checkpoints every 8) once per point: under `strace -f -e inject=KIND:...:when=N`,
+the first thread to make its Nth call of KIND (strace counts per syscall and
+per thread) is killed with SIGKILL (the crash sweep) or has that call fail
+with ENOSPC or EIO (the I/O-error sweep). Then the same command runs again,
+plainly, and must end bitwise equal to an uninterrupted run (final state,
+metrics.jsonl and trace.jsonl), with every checkpoint that was finalized
+before the fault still there and the newest intact one resumed from. A
+failed call must end the run with exit 74 and one line on stderr, nothing
+else (no traceback from any thread).
+
+First a plain run under strace counts each kind's calls, per thread: a
+kind's points are N = 1 .. its largest per-thread count. --sample picks N
+points of each kind (the first, the last and a seeded spread between) instead
+of all. Prints one line per point and a table of outcomes by kind; needs
+strace (Debian's `strace`; ptrace allowed, as root on these machines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# The calls a save and a resume make on the run directory (openat: creating a file).
+KINDS = ("write", "pwrite64", "fsync", "fdatasync", "rename", "renameat2", "mkdir", "unlink",
+         "openat")
+# Failing these hits the run directory (measured: fsync, rename, mkdir and pwrite64 touch
+# nothing else in a run; unlink mostly); write and openat also serve imports and pipes.
+ERROR_KINDS = ("pwrite64", "fsync", "fdatasync", "rename", "renameat2", "mkdir", "unlink")
+RUN = ("--task=repro.tasks.regression:Regression", "--max_steps=16", "--checkpoint_every=8",
+       "--chunk_steps=4", "--noprogress")
+EXIT_IO = 74
+
+
+@dataclasses.dataclass
+class Point:
+  kind: str
+  n: int
+  fault: str  # "kill", "ENOSPC" or "EIO"
+  outcome: str = ""
+  detail: str = ""
+
+
+def train(output: Path, strace: list[str] = (), timeout: int = 600) -> subprocess.CompletedProcess:
+  command = [*strace, sys.executable, str(ROOT / "bin" / "train"), *RUN, f"--output={output}"]
+  return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def count(work: Path) -> dict[str, int]:
+  """Each kind's largest number of calls by one thread in a plain run (openat: O_CREAT only)."""
+  trace = work / "count.trace"
+  done = train(work / "count", ["strace", "-f", "-qq", "-o", str(trace),
+                                "-e", "trace=" + ",".join(KINDS)])
+  assert done.returncode == 0, done.stderr
+  per_thread = collections.defaultdict(collections.Counter)
+  for line in trace.read_text().splitlines():
+    match = re.match(r"(\d+)\s+(\w+)\(", line)
+    if match and (match[2] != "openat" or "O_CREAT" in line):
+      per_thread[match[2]][match[1]] += 1
+  return {kind: max(per_thread[kind].values()) for kind in KINDS if per_thread[kind]}
+
+
+def finalized(run: Path) -> set[int]:
+  return {int(p.name) for p in run.iterdir() if p.name.isdigit()} if run.is_dir() else set()
+
+
+def resumed_from(run: Path) -> int | None:
+  events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+  starts = [e for e in events if e["event"] in ("start", "resume")]
+  return starts[-1]["step"] if starts and starts[-1]["event"] == "resume" else None
+
+
+def same_run(reference: Path, run: Path) -> str:
+  """'' when `run` ends bitwise equal to `reference`, else what differs."""
+  from repro.proof import verify
+  comparison = verify.compare(reference, run)
+  if not comparison.identical:
+    return "final state differs"
+  for name in ("metrics.jsonl", "trace.jsonl"):
+    if (reference / name).read_bytes() != (run / name).read_bytes():
+      return f"{name} differs"
+  return ""
+
+
+def stderr_problem(stderr: str) -> str:
+  """'' for exactly one 'error: ...' line, else what else there was."""
+  lines = [line for line in stderr.splitlines() if line.strip()]
+  if len(lines) == 1 and lines[0].startswith("error: "):
+    return ""
+  return f"{len(lines)} stderr lines: " + " | ".join(lines[:3])[:300]
+
+
+def try_point(point: Point, reference: Path, work: Path) -> Point:
+  run = work / f"{point.kind}-{point.fault}-{point.n}"
+  shutil.rmtree(run, ignore_errors=True)
+  action = "signal=SIGKILL" if point.fault == "kill" else f"error={point.fault}"
+  faulted = train(run, ["strace", "-f", "-qq", "-o", "/dev/null",
+                        "-e", f"inject={point.kind}:{action}:when={point.n}"])
+  before = finalized(run)
+  if faulted.returncode == 0:
+    point.outcome = "not reached"  # this run's threads made fewer such calls
+  elif point.fault == "kill":
+    point.outcome = "killed" if faulted.returncode in (-9, 137) else f"exit {faulted.returncode}"
+  else:
+    problem = stderr_problem(faulted.stderr)
+    point.outcome = (f"exit {faulted.returncode}" if faulted.returncode != EXIT_IO
+                     else "exit 74, one line" if not problem else "exit 74, more on stderr")
+    point.detail = problem or faulted.stderr.strip().splitlines()[-1][:200]
+  again = train(run)
+  if again.returncode != 0:
+    point.outcome += "; rerun FAILED"
+    point.detail = again.stderr.strip()[-300:]
+    return point
+  lost = sorted(before - finalized(run))
+  newest = max(before, default=None)
+  if lost:
+    point.outcome += f"; LOST {lost}"
+  elif point.outcome != "not reached" and resumed_from(run) != newest:
+    point.outcome += f"; resumed from {resumed_from(run)}, newest intact {newest}"
+  differs = same_run(reference, run)
+  point.outcome += f"; rerun {differs}" if differs else "; rerun bitwise"
+  if not differs and "LOST" not in point.outcome and "more" not in point.outcome:
+    shutil.rmtree(run, ignore_errors=True)  # kept where something is wrong, to look at
+  return point
+
+
+def points(counts: dict[str, int], faults: list[str], sample: int, seed: int) -> list[Point]:
+  chosen = []
+  rng = random.Random(seed)
+  for fault in faults:
+    kinds = counts if fault == "kill" else {k: v for k, v in counts.items() if k in ERROR_KINDS}
+    for kind, most in kinds.items():
+      ns = list(range(1, most + 1))
+      if sample and len(ns) > sample:
+        ns = sorted({1, most, *rng.sample(ns[1:-1], sample - 2)})
+      chosen += [Point(kind, n, fault) for n in ns]
+  return chosen
+
+
+def table(done: list[Point]) -> str:
+  rows = collections.defaultdict(collections.Counter)
+  for p in done:
+    rows[(p.fault, p.kind)][p.outcome] += 1
+  lines = ["| fault | call | points | outcomes |", "|---|---|---|---|"]
+  for (fault, kind), outcomes in sorted(rows.items()):
+    text = "; ".join(f"{n} {o}" for o, n in sorted(outcomes.items()))
+    lines.append(f"| {fault} | `{kind}` | {sum(outcomes.values())} | {text} |")
+  return "\n".join(lines)
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--kinds", default=",".join(KINDS))
+  parser.add_argument("--faults", default="kill,ENOSPC,EIO")
+  parser.add_argument("--sample", type=int, default=0, help="points per kind (0: all)")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--out", default=None, help="work directory (default: a temporary one)")
+  parser.add_argument("--json", default=None, help="write the points' outcomes here")
+  args = parser.parse_args()
+  if not shutil.which("strace"):
+    raise SystemExit("fault_sweep: strace is not installed: apt-get install strace")
+  work = Path(args.out or tempfile.mkdtemp(prefix="fault-sweep-"))
+  work.mkdir(parents=True, exist_ok=True)
+  reference = work / "reference"
+  shutil.rmtree(reference, ignore_errors=True)
+  assert train(reference).returncode == 0
+  counts = {k: v for k, v in count(work).items() if k in args.kinds.split(",")}
+  print("calls per thread (the largest):", counts, flush=True)
+  todo = points(counts, args.faults.split(","), args.sample, args.seed)
+  print(f"{len(todo)} points; work directory {work}", flush=True)
+  done = []
+  for i, point in enumerate(todo, 1):
+    done.append(try_point(point, reference, work))
+    print(f"[{i}/{len(todo)}] {point.fault} at {point.kind} #{point.n}: {point.outcome}"
+          + (f" ({point.detail})" if point.detail and "FAIL" in point.outcome + point.detail
+             or "more" in point.outcome else ""), flush=True)
+  print(table(done))
+  if args.json:
+    Path(args.json).write_text(json.dumps([dataclasses.asdict(p) for p in done], indent=1))
+  bad = [p for p in done if "FAIL" in p.outcome or "LOST" in p.outcome or "differs" in p.outcome
+         or "more on stderr" in p.outcome or "resumed from" in p.outcome]
+  print(f"{len(done)} points tried, {len(bad)} bad; output in {work}")
+  return 1 if bad else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
