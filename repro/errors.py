@@ -9,6 +9,9 @@ class's exit_code (docs/faults.md's table of exit codes is this file):
   75  PeerLost        another process of the run died (a signal also exits 75)
 """
 
+import os
+import re
+
 
 class ReproError(Exception):
   """Bad input, a bad path, a bad task or an incompatible checkpoint."""
@@ -77,6 +80,9 @@ def one_line(err: BaseException) -> str:
   return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
+_OS_ERROR_CODE = re.compile(r"os_error_code='(\d+)'")
+
+
 def os_cause(err: BaseException) -> str:
   """The operating system's words for what failed (e.g. 'No space left on device').
 
@@ -87,5 +93,8 @@ def os_cause(err: BaseException) -> str:
   while seen is not None:
     if isinstance(seen, OSError) and seen.strerror:
       return seen.strerror
+    code = _OS_ERROR_CODE.search(str(seen))  # tensorstore's words for an errno
+    if code:
+      return os.strerror(int(code[1]))
     seen = seen.__cause__ or seen.__context__
   return one_line(err)

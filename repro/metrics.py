@@ -14,10 +14,13 @@ timings.jsonl  each chunk's wall time and ms a step, never cut back (speed
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
+
+from repro.errors import CheckpointWriteError
 
 # The prefixes of metric names: validation, test, and the loss's own metrics.
 VAL, TEST, TRAIN = "val_", "test_", "train_"
@@ -48,21 +51,35 @@ class MetricsLog:
   def __init__(self, path: Path, resume_step: int | None):
     """resume_step None keeps every record (a history such as events.jsonl)."""
     self.path = path
-    if resume_step is not None:
-      kept = [r for r in read(path) if r.get("step", 0) <= resume_step]
-      tmp = path.with_suffix(".jsonl.tmp")
-      tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-      os.replace(tmp, path)
-    self._file = open(path, "a")
+    with self._writing():
+      if resume_step is not None:
+        kept = [r for r in read(path) if r.get("step", 0) <= resume_step]
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, path)
+      self._file = open(path, "a")
 
   def append(self, records: Iterable[dict]) -> None:
-    self._file.write("".join(json.dumps(r) + "\n" for r in records))
-    self._file.flush()
+    with self._writing():
+      self._file.write("".join(json.dumps(r) + "\n" for r in records))
+      self._file.flush()
 
   def sync(self) -> None:
     """Makes what was appended durable (called before each checkpoint)."""
-    self._file.flush()
-    os.fsync(self._file.fileno())
+    with self._writing():
+      self._file.flush()
+      os.fsync(self._file.fileno())
+
+  @contextlib.contextmanager
+  def _writing(self) -> Iterator[None]:
+    """The file system failing under a log is the run's write failing: one line, exit 74."""
+    try:
+      yield
+    except OSError as err:
+      raise CheckpointWriteError(
+          f"cannot write {self.path}: {err.strerror or err}; the checkpoints finalized before "
+          f"are intact and a resume cuts this log back to them: fix the cause and rerun the "
+          f"same command to resume") from None
 
   def close(self) -> None:
     self._file.close()

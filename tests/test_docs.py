@@ -90,14 +90,14 @@ TWO_PROCESSES = ("--micro_shards=4 --output=runs/two --coordinator_address=local
 
 COMMANDS = {
     # README.md: the two commands.
-    "apt-get update && apt-get install -y dataset-fashion-mnist && python3 -m venv .venv && "
+    "apt-get update && apt-get install -y dataset-fashion-mnist strace && python3 -m venv .venv && "
     ". .venv/bin/activate && pip install --require-hashes -r requirements.lock && "
     "pip install --no-deps -e . && bin/train --seed=0 --epochs=3":
         How(NOT_RUN, why="its install is the test command's (test_the_install_commands_differ_"
             "only_in_their_lock_and_what_they_run), which tests/test_packaging.py checks; its "
             "3 epochs of Fashion-MNIST take minutes: tests/test_accuracy.py trains those "
             "defaults for one"),
-    "apt-get update && apt-get install -y dataset-fashion-mnist && python3 -m venv .venv && "
+    "apt-get update && apt-get install -y dataset-fashion-mnist strace && python3 -m venv .venv && "
     ". .venv/bin/activate && pip install --require-hashes -r requirements-test.lock && "
     "pip install --no-deps -e . && pytest -q tests":
         How(NOT_RUN, why="CI's command: tests/test_packaging.py checks that .ci/run runs it "

@@ -182,6 +182,9 @@ def test_the_number_of_cpus_changes_no_bit(name, machine, reference, other_machi
   assert_same_run(reference[name].output, other_machines[name, machine])
 
 
+MICRO_STEPS = 12  # two chunks and a checkpoint between: enough to show where bits differ
+
+
 @pytest.fixture(scope="module")
 def micro_shard_runs(tiny, tmp_path_factory):
   """Each other task with --micro_shards=4: in a process of 1 device, and on 2 and 4 of 4
@@ -189,7 +192,8 @@ def micro_shard_runs(tiny, tmp_path_factory):
   --micro_shards), a process of 4 forced devices gave the ResNet's convolutions other bits
   than a process of 1 on a 2-core AVX2 machine: their pools were 4 and 2 threads. The pool
   of M is also why these runs are not in this process: its backend started with 2.)"""
-  configs = {(name, d): tiny(name, f"{name}-micro{d}", micro_shards=4, devices=d)
+  configs = {(name, d): tiny(name, f"{name}-micro{d}", micro_shards=4, devices=d,
+                             max_steps=MICRO_STEPS)
              for name in OTHER_TASKS for d in (1, 2, 4)}
   for devices, wanted in ((1, (1,)), (4, (2, 4))):
     run_on_devices([c for (_, d), c in configs.items() if d in wanted], devices,
@@ -223,7 +227,8 @@ def test_a_four_device_checkpoint_loads_on_one_device_with_the_same_bits(micro_s
 
 
 def test_batchnorm_statistics_are_updated_and_equal_on_every_device_count(micro_shard_runs):
-  states = {d: restore_state(micro_shard_runs[("resnet", d)] / "32") for d in (1, 2, 4)}
+  states = {d: restore_state(micro_shard_runs[("resnet", d)] / str(MICRO_STEPS))
+            for d in (1, 2, 4)}
   mean = {d: np.asarray(s["model"]["block1"]["norm1"]["mean"]) for d, s in states.items()}
   assert np.any(mean[1] != 0)  # the running statistics did move from their init
   assert mean[1].tobytes() == mean[2].tobytes() == mean[4].tobytes()

@@ -18,8 +18,10 @@ IO, DAMAGE = "io", "damage"
 MISSING = (FileNotFoundError, NotADirectoryError)
 _DAMAGE = MISSING + (ValueError, KeyError, EOFError)
 # The operating system's words, in tensorstore's messages, for the file system failing.
+# (tensorstore also names the errno: "[os_error_code='5']".)
 _IO_WORDS = re.compile(r"Input/output error|Permission denied|Stale file handle|UNAVAILABLE|"
-                       r"No space left|Disk quota|Read-only file system|RESOURCE_EXHAUSTED")
+                       r"No space left|Disk quota|Read-only file system|RESOURCE_EXHAUSTED|"
+                       r"os_error_code='\d+'")
 
 
 def chain(err: BaseException | None) -> Iterator[BaseException]:

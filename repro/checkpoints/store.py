@@ -46,6 +46,28 @@ def restore_state_item(state_dir: Path) -> dict[str, Any]:
   return ocp.StandardCheckpointer().restore(state_dir, template)
 
 
+def _closed_loop(err: BaseException | None) -> bool:
+  return isinstance(err, RuntimeError) and str(err) == "Event loop is closed"
+
+
+def _quiet_closed_loops() -> None:
+  """Drops one message, and only it: "RuntimeError: Event loop is closed" from Orbax's writer
+  threads, which tensorstore's callbacks raise when a failed save's loop is gone.
+
+  Measured: a full disk or an I/O error during a save printed three to six such
+  tracebacks, some before repro's one line (so hooks installed after the failure
+  came too late). Any other exception of a thread, or unraisable, is printed as
+  Python prints it.
+  """
+  thread_hook, unraisable_hook = threading.excepthook, sys.unraisablehook
+  threading.excepthook = lambda args: (None if _closed_loop(args.exc_value)
+                                       else thread_hook(args))
+  sys.unraisablehook = lambda unraisable: (None if _closed_loop(unraisable.exc_value)
+                                           else unraisable_hook(unraisable))
+  logging.getLogger("asyncio").addFilter(
+      lambda record: not (record.exc_info and _closed_loop(record.exc_info[1])))
+
+
 def _silence_abandoned_writers() -> None:
   """After a failed write, Orbax's writer threads are abandoned: what they raise is no news.
 
@@ -60,6 +82,8 @@ def _silence_abandoned_writers() -> None:
 class Store:
   """A run directory of finalized checkpoint steps."""
 
+  _quieted = False  # _quiet_closed_loops() is installed once a process
+
   def __init__(self, directory: Path, max_to_keep: int, best_monitor: str | None = None,
                maximize: bool = False):
     """Keeps the latest max_to_keep steps, and with best_monitor also the best one.
@@ -68,6 +92,9 @@ class Store:
     every save must then carry that metric.
     """
     self.directory = Path(directory)
+    if not Store._quieted:
+      _quiet_closed_loops()
+      Store._quieted = True
     if best_monitor:
       # Orbax sorts by this key and keeps the last: among equal values the
       # earliest step must come last, as repro.train.control counts only strict

@@ -41,7 +41,7 @@ import numpy as np
 from jax.extend import core
 
 MAX_POOL, CONV = "max_pool_gradient", "conv_layout"
-CONV_SCHEME = "NHWC input, HWIO kernel, between transposes"
+CONV_SCHEME = "a loop's convolutions in Eigen's layout (repro.train.rewrites)"
 _CALLS = ("jit", "pjit", "closed_call", "core_call")
 _applied: contextvars.ContextVar[set | None] = contextvars.ContextVar("applied", default=None)
 
