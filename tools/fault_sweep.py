@@ -133,6 +133,8 @@ def try_point(point: Point, reference: Path, work: Path) -> Point:
   newest = max(before, default=None)
   if lost:
     point.outcome += f"; LOST {lost}"
+  elif "already complete" in again.stdout:
+    point.outcome += "; rerun already complete"  # killed after the last checkpoint
   elif point.outcome != "not reached" and resumed_from(run) != newest:
     point.outcome += f"; resumed from {resumed_from(run)}, newest intact {newest}"
   differs = same_run(reference, run)

@@ -12,7 +12,7 @@ import os
 import socket
 from pathlib import Path
 
-from repro.errors import ReproError
+from repro.errors import CheckpointWriteError, ReproError
 
 FILENAME = ".repro.lock"
 
@@ -32,9 +32,15 @@ class RunLock:
           f"another run ({owner or 'unknown process'}) is writing {directory}: wait for it "
           f"to finish or stop it, or pass another --output") from None
     self.stale_owner = self._read_owner() or None
-    os.ftruncate(self._fd, 0)
-    os.pwrite(self._fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-    os.fsync(self._fd)
+    try:
+      os.ftruncate(self._fd, 0)
+      os.pwrite(self._fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+      os.fsync(self._fd)
+    except OSError as err:  # the file system failing, before anything was trained
+      os.close(self._fd)
+      raise CheckpointWriteError(f"cannot write the run's lock {self.path}: {err.strerror}; "
+                                 f"nothing was trained or changed: fix the cause and rerun "
+                                 f"the same command") from None
 
   def _read_owner(self) -> str:
     return os.pread(self._fd, 200, 0).decode(errors="replace").strip()

@@ -141,8 +141,12 @@ class Logs:
   """
 
   def __init__(self, output: Path, step: int, initial_params: Callable | None):
-    self.metrics = metrics_lib.MetricsLog(output / metrics_lib.FILENAME, step)
-    self.trace = metrics_lib.MetricsLog(output / metrics_lib.TRACE_FILENAME, step)
+    # A fresh start keeps nothing: a run killed before its first checkpoint left a
+    # step-0 line (and perhaps more) that this start writes again (measured by
+    # tools/fault_sweep.py: a kill at the first unlink doubled trace.jsonl's first line).
+    kept = step if step > 0 else -1
+    self.metrics = metrics_lib.MetricsLog(output / metrics_lib.FILENAME, kept)
+    self.trace = metrics_lib.MetricsLog(output / metrics_lib.TRACE_FILENAME, kept)
     if step == 0:  # the initial parameters: where seeds 0 and 1 already differ
       self.trace.append([{"step": 0, "params": hex32(initial_params())}])
 
