@@ -42,6 +42,18 @@ def read(path: Path) -> list[dict]:
   return records
 
 
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+  """The file system failing under a run's log is the run's write failing: one line, exit 74."""
+  try:
+    yield
+  except OSError as err:
+    raise CheckpointWriteError(
+        f"cannot write {path}: {err.strerror or err}; the checkpoints finalized before are "
+        f"intact and a resume cuts the logs back to them: fix the cause and rerun the same "
+        f"command to resume") from None
+
+
 class MetricsLog:
   """Appends per-step records; records past the resumed step are dropped first.
 
@@ -51,7 +63,7 @@ class MetricsLog:
   def __init__(self, path: Path, resume_step: int | None):
     """resume_step None keeps every record (a history such as events.jsonl)."""
     self.path = path
-    with self._writing():
+    with writing(self.path):
       if resume_step is not None:
         kept = [r for r in read(path) if r.get("step", 0) <= resume_step]
         tmp = path.with_suffix(".jsonl.tmp")
@@ -60,26 +72,16 @@ class MetricsLog:
       self._file = open(path, "a")
 
   def append(self, records: Iterable[dict]) -> None:
-    with self._writing():
+    with writing(self.path):
       self._file.write("".join(json.dumps(r) + "\n" for r in records))
       self._file.flush()
 
   def sync(self) -> None:
     """Makes what was appended durable (called before each checkpoint)."""
-    with self._writing():
+    with writing(self.path):
       self._file.flush()
       os.fsync(self._file.fileno())
 
-  @contextlib.contextmanager
-  def _writing(self) -> Iterator[None]:
-    """The file system failing under a log is the run's write failing: one line, exit 74."""
-    try:
-      yield
-    except OSError as err:
-      raise CheckpointWriteError(
-          f"cannot write {self.path}: {err.strerror or err}; the checkpoints finalized before "
-          f"are intact and a resume cuts this log back to them: fix the cause and rerun the "
-          f"same command to resume") from None
 
   def close(self) -> None:
     self._file.close()

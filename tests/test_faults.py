@@ -417,3 +417,21 @@ def test_allow_nonfinite_trains_on_with_one_warning_and_no_third_party_noise(tmp
   assert warnings == ["warning: the loss became nan at step 26; training on (--allow_nonfinite)"]
   assert result.stdout.strip().splitlines()[-1].startswith("done: step 40, loss nan")
   assert result.stderr == ""  # nothing from tensorboardX ("NaN or Inf found"), absl or Orbax
+
+
+@pytest.mark.parametrize("sig, delay", [(signal.SIGTERM, 0.2), (signal.SIGTERM, 1.0),
+                                        (signal.SIGINT, 1.0), (signal.SIGTERM, 2.5)])
+def test_a_signal_from_the_first_moment_is_one_line_and_exit_75(sig, delay, tmp_path):
+  """While Python imports, the data are prepared or the step compiles (before the run's own
+  handler), a signal is one line and exit 75, never a bare 143 or a KeyboardInterrupt."""
+  proc = subprocess.Popen([sys.executable, str(TRAIN), "--task=repro.tasks.regression:Regression",
+                           "--epochs=100000", "--noprogress", f"--output={tmp_path / 'run'}"],
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  time.sleep(delay)
+  proc.send_signal(sig)
+  code, out, err = finish(proc)
+  assert code == EXIT_STOPPED, (code, out, err)
+  lines = [line for line in (out + err).splitlines() if line.startswith("stopped: ")]
+  assert len(lines) == 1 and sig.name in lines[0], out + err
+  assert len(err.strip().splitlines()) <= 1, err

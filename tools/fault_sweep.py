@@ -28,6 +28,7 @@ import argparse
 import collections
 import dataclasses
 import json
+import os
 import random
 import re
 import shutil
@@ -61,7 +62,10 @@ class Point:
 
 def train(output: Path, strace: list[str] = (), timeout: int = 600) -> subprocess.CompletedProcess:
   command = [*strace, sys.executable, str(ROOT / "bin" / "train"), *RUN, f"--output={output}"]
-  return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+  # strace -f faults the run's children too: the `git status` that records the code's
+  # revision must take no lock, or a kill there leaves the checkout's index.lock behind.
+  env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+  return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def count(work: Path) -> dict[str, int]:

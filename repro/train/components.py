@@ -194,10 +194,12 @@ class TensorBoard:
                                value, info.step)
 
   def sync(self) -> None:
-    self.writer.flush()
+    with metrics_lib.writing(Path(self.writer.logdir)):
+      self.writer.flush()
 
   def close(self) -> None:
-    self.writer.close()
+    with metrics_lib.writing(Path(self.writer.logdir)):
+      self.writer.close()
 
 
 class Timings:
