@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import os
 import re
@@ -21,26 +20,24 @@ import jax
 from flax import nnx
 
 from repro.machine import backend
-from repro.checkpoints import store as checkpoint
 from repro.train import components
 from repro.train import core
 from repro.machine import environment
 from repro.train import identity as identity_lib
 from repro.checkpoints import lock as lock_lib
-from repro.train import manifest as manifest_lib
-from repro import metrics
 from repro.machine import parallel
 from repro.train import plan as plan_lib
+from repro.train import optim
 from repro.train import programs
-from repro.train import resume
 from repro.train import rng
 from repro.data import splits as splits_lib
 from repro.train import state as state_lib
 from repro import task as task_lib
 from repro.train import warmstart
 from repro.config import Config
-from repro.errors import CheckpointWriteError, PeerLost, ReproError, squeezed
+from repro.errors import PeerLost, ReproError, squeezed
 from repro.metrics import TEST, VAL
+from repro.train.checkpointer import Checkpointer
 from repro.train.runstate import Hook, RunState
 from repro.train.stop import StopRequests
 from repro.train.trainer import Ending, Trainer
@@ -229,14 +226,36 @@ def run(config: Config, task: task_lib.Task | None = None, *,
   config, task = resolve(config, task)
   mesh = parallel.make_mesh(config.devices, config.micro_shards, config.batch_size)
   backend.check_devices(config.cpu_threads, config.micro_shards)
+  # The one rule for the processes of a run: every process computes every chunk, joins
+  # every collective and writes its part of each checkpoint; process 0 alone speaks,
+  # holds the run lock and writes the logs, the events and config.json.
   primary = parallel.is_primary()
-  log = log if primary else (lambda _: None)  # one process speaks
+  log = log if primary else _silent
   output = _check_output(config, task)
   if config.init_from:
     warmstart.check_source(config.init_from, output)
   data = _prepare_data(task, config, primary, log)
   environment.enable_compilation_cache()
   plan = plan_lib.make(config, task, output, data, mesh, hooks)  # builds and checks; writes nothing
+  with (_run_lock(output, primary, log), StopRequests() as requests,
+        Checkpointer(plan, primary) as checkpoints, _peers_watched(output)):
+    _say_topology(mesh, config, log)
+    state = checkpoints.start(log)
+    if checkpoints.resumed_from is not None and plan.schedule.finished(state):
+      return _complete(plan, state, checkpoints, log)
+    _record_start(plan, state, checkpoints, primary, log)
+    ending = _train(plan, state, checkpoints, requests, list(hooks), primary, log)
+    checkpoints.finish()
+  return _ended(plan, ending, checkpoints)
+
+
+def _silent(_: str) -> None:
+  """The log of a process other than 0."""
+
+
+@contextlib.contextmanager
+def _run_lock(output: Path, primary: bool, log: Callable[[str], None]):
+  """Meanwhile, the run directory exists and process 0 holds its lock (one writer)."""
   if primary:
     output.mkdir(parents=True, exist_ok=True)
   run_lock = lock_lib.RunLock(output) if primary else None
@@ -244,12 +263,21 @@ def run(config: Config, task: task_lib.Task | None = None, *,
   try:
     if run_lock and run_lock.stale_owner:
       log(f"took over the lock of a run that died ({run_lock.stale_owner})")
-    _say_topology(mesh, config, log)
-    with StopRequests() as requests:
-      return _train(plan, requests, list(hooks), log)
+    yield
   finally:
     if run_lock:
       run_lock.release()
+
+
+@contextlib.contextmanager
+def _peers_watched(output: Path):
+  """Meanwhile, a collective that failed because a peer process is gone is PeerLost."""
+  try:
+    yield
+  except jax.errors.JaxRuntimeError as err:
+    if jax.process_count() == 1 or not _PEER_GONE.search(str(err)):
+      raise
+    raise _peer_lost(err, output) from None
 
 
 def _say_topology(mesh, config: Config, log: Callable[[str], None]) -> None:
@@ -261,82 +289,41 @@ def _say_topology(mesh, config: Config, log: Callable[[str], None]) -> None:
             if config.micro_shards else ""))
 
 
-def _train(plan: plan_lib.Plan, requests: StopRequests, hooks: list[Hook],
-           log: Callable[[str], None]) -> Result:
-  """Starts or resumes, runs the trainer and returns the Result; owns the checkpoint store."""
-  config = plan.config
-  store = checkpoint.Store(plan.output, config.max_to_keep,
-                           best_monitor=config.monitor if plan.data.validation else None,
-                           maximize=plan.settings.maximize)
-  events = metrics.MetricsLog(plan.output / metrics.EVENTS_FILENAME, None) if (
-      parallel.is_primary()) else None
-  abandoned = False  # the store is left to die with the process, unfinished saves and all
-  try:
-    for step in store.discarded:
-      log(f"discarded the half-written checkpoint of step {step} (its write was cut short); "
-          f"the finalized steps are kept")
-    state, manifest = resume.start(store, plan, log)
-    if manifest is not None and plan.schedule.finished(state):
-      return _complete(plan, state, manifest, store, log)
-    _record_start(plan, state, manifest is not None, events, log)
-    checkpoints = components.Checkpointer(store, functools.partial(manifest_lib.describe, plan),
-                                     events, saved=(state.step, manifest) if manifest else None)
-    ending = _loop(plan, state, checkpoints, requests, hooks, log)
-    store.wait()
-  except CheckpointWriteError:
-    abandoned = True  # its writer threads may wait for what will never come
-    raise
-  except jax.errors.JaxRuntimeError as err:
-    if jax.process_count() == 1 or not _PEER_GONE.search(str(err)):
-      raise
-    abandoned = True  # a peer died: the store's barriers would wait for it
-    raise _peer_lost(err, plan.output) from None
-  finally:
-    if events is not None:
-      events.close()
-    if not abandoned:
-      store.close()
-  return _ended(plan, ending, checkpoints, manifest is not None and state.step)
-
-
-def _record_start(plan: plan_lib.Plan, state: RunState, resumed: bool, events,
-                  log: Callable[[str], None]) -> None:
+def _record_start(plan: plan_lib.Plan, state: RunState, checkpoints: Checkpointer,
+                  primary: bool, log: Callable[[str], None]) -> None:
+  resumed = checkpoints.resumed_from is not None
   if plan.warm and not resumed:
     log(plan.warm.summary())
   if resumed:
     epoch, within = plan.schedule.epoch(state.step)
     log(f"resuming {plan.output} from step {state.step} (epoch {epoch}, step {within} of "
         f"{plan.schedule.steps_per_epoch})")
-  if events is not None:
+  if primary:
     (plan.output / "config.json").write_text(plan.config.to_json() + "\n")
-    events.append([{"event": "resume" if resumed else "start", "step": state.step,
-                    "time": components.now()}])
+  checkpoints.record("resume" if resumed else "start", state.step)
 
 
-def _loop(plan: plan_lib.Plan, state: RunState, checkpoints: components.Checkpointer,
-          requests: StopRequests, hooks: list[Hook], log: Callable[[str], None]) -> Ending:
-  """The trainer of this run, wired from its parts, run from `state`."""
+def _train(plan: plan_lib.Plan, state: RunState, checkpoints: Checkpointer,
+           requests: StopRequests, hooks: list[Hook], primary: bool,
+           log: Callable[[str], None]) -> Ending:
+  """The trainer of this run, assembled from its phases, run from `state`."""
   config, data = plan.config, plan.data
   program = programs.PROGRAMS[config.program](plan)
-  timings = components.Timings(plan.output) if parallel.is_primary() else None
-  reporters = components.Reporters(_reporters(plan, state) + [timings] if timings else [])
-  all_finite = lambda train: bool(core.all_finite(parallel.on_one_device(train)))
+  timings = components.Timings(plan.output) if primary else None
+  reporters = components.Reporters(_reporters(plan, state, timings) if primary else [])
   trainer = Trainer(
       program=program, schedule=plan.schedule,
-      guard=components.FiniteGuard(all_finite, config.allow_nonfinite,
-                              checkpoints.store.step_path, log),
-      validate=(lambda s: plan.evaluate(s.arrays, data.validation, VAL)) if (
-          data.validation is not None) else None,
-      decide=components.Decisions(plan.settings, config, plan.schedule.total,
-                             lambda x: parallel.replicate(x, plan.mesh), log),
-      test=lambda s: plan.evaluate(s.arrays, data.test, TEST) if data.test is not None else {},
+      guard=components.FiniteGuard(checkpoints, config.allow_nonfinite, log),
+      validate=components.Evaluation(plan, data.validation, VAL),
+      decide=components.Decisions(plan.settings, optim.schedule(config, plan.schedule.total),
+                                  plan.mesh, log),
+      test=components.Evaluation(plan, data.test, TEST),
       reporters=reporters, checkpoints=checkpoints, signals=components.StopOnSignal(requests),
       hooks=hooks)
   try:
     ending = trainer.run(state)
-    if ending.stop and checkpoints.events is not None:
-      checkpoints.events.append([{"event": "stop", "signal": ending.stop,
-                                  "step": ending.state.step, "time": components.now()}])
+    if ending.stop:
+      checkpoints.record("stop", ending.state.step, signal=ending.stop)
   finally:
     program.close()
     reporters.close()
@@ -345,16 +332,17 @@ def _loop(plan: plan_lib.Plan, state: RunState, checkpoints: components.Checkpoi
   return dataclasses.replace(ending, ms_step=timings.ms_step() if timings else None)
 
 
-def _reporters(plan: plan_lib.Plan, state: RunState) -> list:
-  """metrics.jsonl and trace.jsonl, TensorBoard and the progress bar (process 0 only)."""
-  initial = lambda: core.fingerprint(state.arrays["model"])
+def _reporters(plan: plan_lib.Plan, state: RunState, timings: components.Timings) -> list:
+  """metrics.jsonl and trace.jsonl, TensorBoard, the progress bar and timings.jsonl."""
+  initial = core.fingerprint(state.arrays["model"]) if state.step == 0 else None
   return [components.Logs(plan.output, state.step, initial),
           components.TensorBoard(plan.output, state.step),
           components.Progress(plan.schedule.target, state.step, plan.schedule.steps_per_epoch,
-                         f"seed {plan.config.seed}", plan.config.progress)]
+                              f"seed {plan.config.seed}", plan.config.progress),
+          timings]
 
 
-def _complete(plan: plan_lib.Plan, state: RunState, manifest: dict, store: checkpoint.Store,
+def _complete(plan: plan_lib.Plan, state: RunState, checkpoints: Checkpointer,
               log: Callable[[str], None]) -> Result:
   """The Result of a run that had already reached its end: nothing is trained or written."""
   schedule = plan.schedule
@@ -364,23 +352,18 @@ def _complete(plan: plan_lib.Plan, state: RunState, manifest: dict, store: check
       else ": raise --epochs to train further")
   log(f"run in {plan.output} is already complete at step {state.step} ({why}); nothing to "
       f"do{further}")
-  return _result(plan, state, manifest.get("metrics", {}), str(store.step_path(state.step)),
-                 manifest.get("state_digest", ""), resumed_from=state.step,
-                 already_complete=True)
+  return _result(plan, state, checkpoints.manifest.get("metrics", {}), checkpoints.saved_path,
+                 checkpoints.digest, resumed_from=state.step, already_complete=True)
 
 
-def _ended(plan: plan_lib.Plan, ending: Ending, checkpoints: components.Checkpointer,
-           resumed_from: int | bool) -> Result:
+def _ended(plan: plan_lib.Plan, ending: Ending, checkpoints: Checkpointer) -> Result:
   """The Result of this invocation's training (Result.stopped_by says if a signal stopped it;
   bin/train prints that line)."""
-  saved = checkpoints.saved_step
-  path = str(checkpoints.store.step_path(saved)) if saved is not None else ""
   metrics_now = ending.last.metrics if ending.last is not None else (
       (checkpoints.manifest or {}).get("metrics", {}))
-  return _result(plan, ending.state, metrics_now, path,
-                 (checkpoints.manifest or {}).get("state_digest", ""),
-                 resumed_from=None if resumed_from is False else resumed_from,
-                 already_complete=False, stopped_by=ending.stop, ms_step=ending.ms_step)
+  return _result(plan, ending.state, metrics_now, checkpoints.saved_path, checkpoints.digest,
+                 resumed_from=checkpoints.resumed_from, already_complete=False,
+                 stopped_by=ending.stop, ms_step=ending.ms_step)
 
 
 def _result(plan: plan_lib.Plan, state: RunState, values: dict, checkpoint_path: str,

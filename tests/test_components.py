@@ -9,9 +9,11 @@ import math
 import numpy as np
 import pytest
 
+from repro.train import checkpointer as checkpointer_lib
 from repro.train import components
 from repro.train import control
 from repro.config import Config
+from repro.train import optim
 from repro.train.runstate import Chunk, Hook, RunState, StepInfo
 from repro.train.schedule import Schedule
 from repro.train.trainer import Trainer
@@ -47,6 +49,9 @@ class Recorder:
     self.log, self.name, self.stop_at = log, name, stop_at
     self.saved_step, self.events = None, None
 
+  def path(self, step):
+    return f"/run/{step}"
+
   def write(self, info):
     self.log.append((self.name, info.step))
 
@@ -68,12 +73,23 @@ class Recorder:
     self.log.append(("hook", info.step))
 
 
+class FakeGuard(components.FiniteGuard):
+  """The finite guard, with a train state's finiteness given (no device)."""
+
+  def __init__(self, checkpoints, allow, log, finite=True):
+    super().__init__(checkpoints, allow, log)
+    self.state_finite = finite
+
+  def finite(self, train) -> bool:
+    return self.state_finite
+
+
 def trainer(log: list, calls: list, schedule: Schedule, stop_at=None, validate=None,
             decide=None, hooks=None) -> Trainer:
   recorder = Recorder(log, "report", stop_at)
   no_decisions = lambda state, results: (state, results, False)
   return Trainer(program=fake_chunk(calls), schedule=schedule,
-                 guard=components.FiniteGuard(lambda _: True, False, str, log.append),
+                 guard=FakeGuard(recorder, False, log.append),
                  validate=validate, decide=decide or no_decisions,
                  test=lambda state: {"test_loss": 0.5},
                  reporters=components.Reporters([recorder]), checkpoints=recorder,
@@ -88,11 +104,13 @@ def test_boundaries_are_the_nearest_of_chunk_end_target_checkpoint_epoch_eval_an
   assert [schedule.next_boundary(s) for s in (0, 4, 6, 8, 10, 12)] == [4, 6, 8, 10, 12, 13]
   assert Schedule.of(Config(checkpoint_every=4, chunk_steps=5, epochs=2), 10, True,
                      [every6]).hook_every == (6,)
-  assert [s for s in range(1, 14) if schedule.evaluates(s)] == [10]
-  assert [s for s in range(1, 14) if schedule.saves(s)] == [4, 8, 12]
+  assert [s for s in range(1, 14) if schedule.due(s).evaluation] == [10]
+  assert [s for s in range(1, 14) if schedule.saves(s, False, False)] == [4, 8, 12]
+  assert schedule.saves(5, True, False) and schedule.saves(13, False, True)
+  assert schedule.periods() == {"checkpoint": 4, "epoch": 10, "evaluation": 0, "hook 0": 6}
   no_validation = Schedule(target=30, total=30, steps_per_epoch=10, chunk_steps=50,
                            checkpoint_every=100, eval_every=4, validates=False)
-  assert no_validation.next_boundary(0) == 30 and not no_validation.evaluates(20)
+  assert no_validation.next_boundary(0) == 30 and not no_validation.due(20).evaluation
 
 
 def test_the_phases_act_in_the_order_of_the_code_at_every_boundary():
@@ -128,7 +146,7 @@ def test_nothing_runs_at_the_target_or_after_an_early_stop():
 
 def validation_run(config: Config, results: list[dict], log: list):
   settings = control.Settings.of(config, ("accuracy",))
-  decide = components.Decisions(settings, config, total_steps=100, put=lambda x: x, log=log.append)
+  decide = components.Decisions(settings, optim.schedule(config, 100), mesh=None, log=log.append)
   validate = lambda state: {f"val_{k}": v for k, v in results.pop(0).items()}
   schedule = Schedule.of(config.replace(max_steps=100), 10, validates=True)
   return decide, validate, schedule
@@ -161,21 +179,23 @@ def test_decisions_without_a_result_change_nothing():
 
 
 def test_the_finite_guard_names_the_step_and_the_last_finite_checkpoint():
-  guard = components.FiniteGuard(lambda train: False, False, lambda step: f"/run/{step}",
-                            lambda _: None)
+  checkpoints = Recorder([], "checkpoints")
+  checkpoints.saved_step = 4
+  guard = FakeGuard(checkpoints, False, lambda _: None, finite=False)
   finite = info_after(0, 8)
   with pytest.raises(Exception, match=r"state became non-finite by step 8: stopped, nothing "
                                       r"non-finite was saved and the last finite checkpoint "
                                       r"is /run/4"):
-    guard.check(finite.chunk, finite.state, 4)
+    guard.check(finite.chunk, finite.state)
   trace = dict(finite.chunk.trace, loss=np.array([1, 1, np.nan, 1, 1, 1, 1, 1.0]))
   nan = Chunk(first=0, last=8, trace=trace)
+  checkpoints.saved_step = None
   with pytest.raises(Exception, match=r"the loss became nan at step 3: .*no checkpoint"):
-    guard.check(nan, finite.state, None)
+    guard.check(nan, finite.state)
   warned = []
-  allowing = components.FiniteGuard(lambda train: False, True, str, warned.append)
-  allowing.check(nan, finite.state, None)
-  allowing.check(nan, finite.state, None)
+  allowing = FakeGuard(checkpoints, True, warned.append, finite=False)
+  allowing.check(nan, finite.state)
+  allowing.check(nan, finite.state)
   assert warned == ["warning: the loss became nan at step 3; training on (--allow_nonfinite)"]
 
 
@@ -198,23 +218,29 @@ class FakeStore:
     self.saved.append((step, cursor, metrics))
 
 
+class FakePlan:
+  config = Config()
+
+
 def test_checkpointer_saves_the_run_state_with_its_validation_metrics(monkeypatch):
-  monkeypatch.setattr(components.nnx, "to_pure_dict", lambda state: {"state": state})
+  monkeypatch.setattr(checkpointer_lib.nnx, "to_pure_dict", lambda state: {"state": state})
+  monkeypatch.setattr(checkpointer_lib.manifest_lib, "describe", lambda plan, state, metrics,
+                      pure: ({"step": state.step}, {"metrics": metrics, "state_digest": "d"}))
   store = FakeStore()
-  checkpoints = components.Checkpointer(store, lambda state, metrics, pure: (
-      {"step": state.step}, {"metrics": metrics}), events=None, saved=(2, {"m": 1}))
-  assert checkpoints.saved_step == 2
+  checkpoints = checkpointer_lib.Checkpointer(FakePlan(), primary=False, store=store)
+  assert checkpoints.saved_step is None and checkpoints.digest == "" and (
+      checkpoints.saved_path == "")
   checkpoints.save(info_after(2, 5))
   checkpoints.save(info_after(5, 7, evaluation={"step": 7, "val_loss": 0.5, "lr": 0.1}))
   assert [s for s, _, _ in store.saved] == [5, 7]
   assert store.saved[0][2] is None and store.saved[1][2] == {"step": 7, "val_loss": 0.5}
   assert checkpoints.saved_step == 7 and checkpoints.manifest == {
-      "metrics": {"loss": 1 / 7, "val_loss": 0.5}}
+      "metrics": {"loss": 1 / 7, "val_loss": 0.5}, "state_digest": "d"}
+  assert checkpoints.digest == "d"
 
 
 def test_logs_write_every_step_and_the_evaluations_and_cut_back_on_resume(tmp_path):
-  initial = lambda: np.uint32(7)
-  logs = components.Logs(tmp_path, 0, initial)
+  logs = components.Logs(tmp_path, 0, np.uint32(7))
   logs.write(info_after(0, 4, evaluation={"step": 4, "val_loss": 0.25, "lr": 0.001}))
   logs.sync()
   logs.close()
@@ -223,7 +249,7 @@ def test_logs_write_every_step_and_the_evaluations_and_cut_back_on_resume(tmp_pa
   assert lines[-1] == {"step": 4, "val_loss": 0.25, "lr": 0.001}
   trace_lines = (tmp_path / "trace.jsonl").read_text().splitlines()
   assert json.loads(trace_lines[0]) == {"step": 0, "params": "00000007"}
-  components.Logs(tmp_path, 2, initial).close()  # a resume from step 2
+  components.Logs(tmp_path, 2).close()  # a resume from step 2
   kept = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert kept == [1, 2]
 
@@ -250,3 +276,23 @@ def test_timings_log_each_chunks_wall_time_and_the_mean_after_the_first(tmp_path
   only_first.write(StepInfo(state=run_state(4), chunk=info_after(0, 4).chunk))
   only_first.close()
   assert only_first.ms_step() is None  # a compiling chunk is not a speed
+
+
+def test_a_plateau_decay_returns_a_new_state_and_leaves_the_old_one_as_it_was():
+  from flax import nnx
+  config = Config(schedule="plateau", plateau_patience=1, monitor="val_loss",
+                  validation_examples=8, learning_rate=0.1)
+  model = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+  optimizer = nnx.Optimizer(model, optim.make_tx(config, 10), wrt=nnx.Param)
+  _, arrays = nnx.split({"model": model, "optimizer": optimizer})
+  settings = control.Settings.of(config, ())
+  decide = components.Decisions(settings, optim.schedule(config, 10), mesh=None,
+                                log=(said := []).append)
+  state = RunState(step=2, arrays=arrays, control=control.ControlState.from_json(None, settings))
+  state, _, improved = decide(state, {"val_loss": 1.0})
+  assert improved and state.arrays is arrays
+  worse, record, improved = decide(state, {"val_loss": 2.0})
+  rate = lambda s: float(nnx.to_pure_dict(s.arrays)["optimizer"]["opt_state"]["hyperparams"][
+      "learning_rate"])
+  assert not improved and rate(state) == np.float32(0.1) and rate(worse) == np.float32(0.05)
+  assert record["lr"] == worse.control.lr == 0.05 and "learning rate -> 0.05" in said[-1]

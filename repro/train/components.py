@@ -5,8 +5,10 @@
                 of the chunk is logged or saved
   Decisions     early stopping, the plateau schedule and the best checkpoint,
                 from a validation result (repro.train.control, a pure state machine)
-  Logs, TensorBoard, Progress   what a boundary reports (Reporters: all three)
-  Checkpointer  a checkpoint of the RunState, with its cursor and manifest
+  Evaluation    a split's metrics on the run state (validation, test)
+  Logs, TensorBoard, Progress, Timings   what a boundary reports (Reporters)
+
+The Checkpointer, which saves, is repro.train.checkpointer.
 
 None reads what another wrote: each takes its inputs as arguments, and the
 trainer calls them in the order they act.
@@ -20,11 +22,13 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import jax
 import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
 from repro.train import control as control_lib
+from repro.train import core
 from repro import metrics as metrics_lib
 from repro.train import optim
 from repro.machine import parallel
@@ -65,19 +69,23 @@ class FiniteGuard:
   its loss is still finite). It runs before anything is logged or saved, so no
   non-finite state is ever saved and no finite checkpoint is rotated away.
   With allow (--allow_nonfinite) it warns once and lets the run go on.
+  checkpoints: the run's Checkpointer, to name the last finite checkpoint.
   """
 
-  def __init__(self, all_finite: Callable, allow: bool, checkpoint_path: Callable,
-               log: Callable):
-    self.all_finite, self.allow, self.checkpoint_path = all_finite, allow, checkpoint_path
-    self.log, self.warned = log, False
+  def __init__(self, checkpoints, allow: bool, log: Callable):
+    self.checkpoints, self.allow, self.log, self.warned = checkpoints, allow, log, False
 
-  def check(self, chunk: Chunk, state: RunState, saved_step: int | None) -> None:
+  @staticmethod
+  def finite(train) -> bool:
+    """Whether every leaf of the train state is finite (one small device reduction)."""
+    return bool(core.all_finite(parallel.on_one_device(train)))
+
+  def check(self, chunk: Chunk, state: RunState) -> None:
     losses = np.asarray(chunk.trace["loss"])
     bad = np.flatnonzero(~np.isfinite(losses))
     if len(bad):
       what = f"the loss became {losses[bad[0]]} at step {chunk.first + 1 + int(bad[0])}"
-    elif not self.all_finite(state.arrays):
+    elif not self.finite(state.arrays):
       what = f"the model or optimizer state became non-finite by step {state.step}"
     else:
       return
@@ -86,30 +94,48 @@ class FiniteGuard:
         self.log(f"warning: {what}; training on (--allow_nonfinite)")
         self.warned = True
       return
-    last = (f"the last finite checkpoint is {self.checkpoint_path(saved_step)}"
-            if saved_step is not None else "no checkpoint was saved")
+    saved = self.checkpoints.saved_step
+    last = (f"the last finite checkpoint is {self.checkpoints.path(saved)}"
+            if saved is not None else "no checkpoint was saved")
     raise NonFiniteLoss(f"{what}: stopped, nothing non-finite was saved and {last}: rerun with "
                         f"a lower --learning_rate (or gradient clipping in the task's "
                         f"optimizer) and a new --output, or pass --allow_nonfinite to train on")
 
 
-class Decisions:
-  """The run state after a validation result: best so far, early stop, plateau decay."""
+class Evaluation:
+  """The metrics of a split on the run state, prefixed ('val_', 'test_'); {} without the split.
 
-  def __init__(self, settings: control_lib.Settings, config, total_steps: int, put: Callable,
-               log: Callable):
-    self.settings, self.config, self.total, self.put, self.log = (
-        settings, config, total_steps, put, log)
+  plan: the run's Plan (its evaluate program); split: a Source or None.
+  """
+
+  def __init__(self, plan, split, prefix: str):
+    self.plan, self.split, self.prefix = plan, split, prefix
+
+  def __call__(self, state: RunState) -> dict:
+    if self.split is None:
+      return {}
+    return self.plan.evaluate(state.arrays, self.split, self.prefix)
+
+
+class Decisions:
+  """The run state after a validation result: best so far, early stop, plateau decay.
+
+  rate: repro.train.optim.schedule()'s learning rate of the run (for the logs); mesh: where
+  the train state lives (a decayed plateau rate is placed there).
+  """
+
+  def __init__(self, settings: control_lib.Settings, rate, mesh, log: Callable):
+    self.settings, self.rate, self.mesh, self.log = settings, rate, mesh, log
 
   def __call__(self, state: RunState, results: dict | None
                ) -> tuple[RunState, dict | None, bool]:
-    """(state, the evaluation record for the logs, whether the monitor improved)."""
+    """(a new state, the evaluation record for the logs, whether the monitor improved)."""
     if results is None:
       return state, None, False
     control = control_lib.observe(state.control, self.settings, state.step, results)
     arrays = state.arrays
     if control.lr != state.control.lr:  # the plateau schedule decays from the next step on
-      arrays = _with_learning_rate(arrays, control.lr, self.put)
+      arrays = _with_learning_rate(arrays, control.lr, self.mesh)
       self.log(f"step {state.step}: no improvement of {self.settings.monitor} in "
                f"{self.settings.plateau_patience} evaluations; learning rate -> "
                f"{control.lr:.3g}")
@@ -117,20 +143,22 @@ class Decisions:
       self.log(f"early stop at step {state.step}: no improvement of {self.settings.monitor} in "
                f"{self.settings.patience} evaluations; best {control.best:.4f} at step "
                f"{control.best_step}")
-    lr = optim.learning_rate(self.config, self.total, state.step, control.lr)
+    lr = optim.learning_rate(self.rate, state.step, control.lr)
     record = {"step": state.step, **results, "lr": lr}
     return (state.replace(control=control, arrays=arrays), record,
             control_lib.improved(state.control, control))
 
 
-def _with_learning_rate(train, lr: float, put: Callable):
+def _with_learning_rate(train, lr: float, mesh):
+  """A new train state whose plateau learning rate is `lr`; `train` is left as it was."""
   pure = nnx.to_pure_dict(train)
   tree = pure
   for key in optim.PLATEAU_PATH[:-1]:
     tree = tree[key]
-  tree[optim.PLATEAU_PATH[-1]] = put(np.float32(lr))
-  nnx.replace_by_pure_dict(train, pure)
-  return train
+  tree[optim.PLATEAU_PATH[-1]] = parallel.replicate(np.float32(lr), mesh)
+  new = jax.tree.map(lambda leaf: leaf, train)  # new containers, the same arrays
+  nnx.replace_by_pure_dict(new, pure)
+  return new
 
 
 class Logs:
@@ -140,7 +168,8 @@ class Logs:
   files equal an uninterrupted run's line for line.
   """
 
-  def __init__(self, output: Path, step: int, initial_params: Callable | None):
+  def __init__(self, output: Path, step: int, initial_params=None):
+    """initial_params: at step 0, the fingerprint of the initial model (core.fingerprint)."""
     # A fresh start keeps nothing: a run killed before its first checkpoint left a
     # step-0 line (and perhaps more) that this start writes again (measured by
     # tools/fault_sweep.py: a kill at the first unlink doubled trace.jsonl's first line).
@@ -148,7 +177,7 @@ class Logs:
     self.metrics = metrics_lib.MetricsLog(output / metrics_lib.FILENAME, kept)
     self.trace = metrics_lib.MetricsLog(output / metrics_lib.TRACE_FILENAME, kept)
     if step == 0:  # the initial parameters: where seeds 0 and 1 already differ
-      self.trace.append([{"step": 0, "params": hex32(initial_params())}])
+      self.trace.append([{"step": 0, "params": hex32(initial_params)}])
 
   def write(self, info: StepInfo) -> None:
     t, steps, losses = info.chunk.trace, info.chunk.steps, info.chunk.losses
@@ -274,27 +303,3 @@ class Reporters:
   def close(self) -> None:
     for reporter in self.reporters:
       reporter.close()
-
-
-class Checkpointer:
-  """Saves checkpoints of the RunState: the state, its cursor and its manifest.
-
-  describe(state, metrics, pure) gives the (cursor, manifest) of a RunState
-  whose train state's pure dict is `pure`. saved: the (step, manifest) of the
-  checkpoint the run resumed from, if any.
-  """
-
-  def __init__(self, store, describe: Callable, events: metrics_lib.MetricsLog | None,
-               saved: tuple[int, dict] | None = None):
-    self.store, self.describe, self.events = store, describe, events
-    self.saved_step, self.manifest = saved if saved is not None else (None, None)
-
-  def save(self, info: StepInfo) -> None:
-    pure = nnx.to_pure_dict(info.state.arrays)
-    cursor, manifest = self.describe(info.state, info.metrics, pure)
-    validation = {k: v for k, v in info.metrics.items() if k.startswith(VAL)}
-    self.store.save(info.step, pure, cursor, manifest,
-                    metrics={"step": info.step, **validation} if validation else None)
-    if self.events is not None:
-      self.events.append([{"event": "checkpoint", "step": info.step, "time": now()}])
-    self.saved_step, self.manifest = info.step, manifest

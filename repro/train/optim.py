@@ -48,9 +48,10 @@ def make_tx(config: Config, total_steps: int,
   return factory(rate)
 
 
-def learning_rate(config: Config, total_steps: int, step: int, plateau_lr: float | None) -> float:
-  """The learning rate in force at `step` (for logs and plots)."""
-  rate = schedule(config, total_steps)
+def learning_rate(rate: float | optax.Schedule | None, step: int, plateau_lr: float | None
+                  ) -> float:
+  """The learning rate in force at `step` under `rate`, schedule()'s value (for logs and
+  plots); plateau_lr is the plateau schedule's current rate."""
   if rate is None:
     return float(plateau_lr)
   return float(rate(step)) if callable(rate) else rate

@@ -44,12 +44,12 @@ class ScanChunks:
   def __init__(self, plan):
     config, host_fed = plan.config, plan.config.data_path == "host"
     self.fn = core.make_train_chunk(
-        plan.built.graphdef, plan.task, chunk_steps=config.chunk_steps,
+        plan.built.graphdef, plan.task, chunk_steps=plan.schedule.chunk_steps,
         num_examples=len(plan.data.train), batch_size=config.batch_size, mesh=plan.mesh,
         micro_shards=config.micro_shards, host_fed=host_fed)
     self.keys, self.target = plan.keys, plan.schedule.target
     self.feed = feed_lib.HostFeed(plan.data.train, plan.shuffle_key, config.batch_size,
-                                  config.chunk_steps, plan.mesh) if host_fed else None
+                                  plan.schedule.chunk_steps, plan.mesh) if host_fed else None
     self.data = None if host_fed else parallel.replicate(plan.data.resident("train"), plan.mesh)
 
   def __call__(self, train_state, first_step: int, num_steps: int):
@@ -87,7 +87,7 @@ class StepChunks:
     self.keys, self.target, self.mesh = plan.keys, plan.schedule.target, plan.mesh
     self.spe = plan.schedule.steps_per_epoch
     self.feed = feed_lib.HostFeed(plan.data.train, plan.shuffle_key, config.batch_size,
-                                  config.chunk_steps, plan.mesh) if host_fed else None
+                                  plan.schedule.chunk_steps, plan.mesh) if host_fed else None
     self.data = None if host_fed else parallel.replicate(plan.data.resident("train"), plan.mesh)
     self._permutation = jax.jit(functools.partial(shuffle.epoch_permutation, plan.shuffle_key,
                                                   num_examples=n))

@@ -1,11 +1,19 @@
-"""Which steps are chunk boundaries, and why: a function of the config alone.
+"""When everything happens: one table of periods, a function of the config alone.
 
-A boundary is where the host acts: the end of a chunk of chunk_steps, an
-epoch end or a multiple of eval_every (when there is a validation split), a
-multiple of checkpoint_every, a hook's multiple, and the target. Evaluations
-happen at steps fixed by the step alone, never by where a run was
-interrupted, so an interrupted run observes exactly what an uninterrupted one
-does; chunk lengths never change the bits.
+    event        period             ends a chunk   due at a step when
+    chunk        chunk_steps        yes            chunk_steps after the chunk's start
+    epoch        steps_per_epoch    with validation   a multiple (an epoch end)
+    evaluation   eval_every         with validation   a multiple
+    checkpoint   checkpoint_every   yes            a multiple, the end, or an improvement
+    hook <i>     each hook's every  yes            a multiple
+    end          the target         yes            the target (or an early stop)
+
+Early stopping and the plateau decay act on evaluations (repro.train.control),
+so they come at the evaluation steps. A boundary is where the host acts: the
+nearest step at which an event is due. Every event is fixed by the step
+alone, never by where a run was interrupted, so an interrupted run observes
+exactly what an uninterrupted one does; the chunk programs take their length
+from `chunk_steps` here, and chunk lengths never change the bits.
 """
 
 from __future__ import annotations
@@ -22,8 +30,16 @@ def next_multiple(step: int, every: int) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
+class Due:
+  """What is due at a boundary's step, read from the table."""
+
+  evaluation: bool  # validation: an epoch end or a multiple of eval_every
+  checkpoint: bool  # by the checkpoint interval (improvements and the end add more)
+
+
+@dataclasses.dataclass(frozen=True)
 class Schedule:
-  """The boundaries of a run.
+  """The table of a run's events.
 
   Attributes:
     target: the step the run trains to (min(total, max_steps)).
@@ -50,22 +66,29 @@ class Schedule:
                checkpoint_every=config.checkpoint_every, eval_every=config.eval_every,
                validates=validates, hook_every=tuple(h.every for h in hooks if h.every))
 
-  def next_boundary(self, step: int) -> int:
-    """The step after `step` at which the next chunk ends."""
-    found = [step + self.chunk_steps, self.target, next_multiple(step, self.checkpoint_every)]
-    found += [next_multiple(step, every) for every in self.hook_every]
+  def periods(self) -> dict[str, int]:
+    """{event: period in steps} of the events due at multiples (0 or absent: never)."""
+    table = {"checkpoint": self.checkpoint_every}
     if self.validates:
-      found += [next_multiple(step, self.steps_per_epoch), next_multiple(step, self.eval_every)]
+      table.update(epoch=self.steps_per_epoch, evaluation=self.eval_every)
+    table.update({f"hook {i}": every for i, every in enumerate(self.hook_every)})
+    return table
+
+  def next_boundary(self, step: int) -> int:
+    """The step after `step` at which the next chunk ends: the nearest event."""
+    found = [step + self.chunk_steps, self.target]
+    found += [next_multiple(step, every) for every in self.periods().values()]
     return int(min(found))
 
-  def evaluates(self, step: int) -> bool:
-    """Validation is due at `step`: an epoch end, or a multiple of eval_every."""
-    return self.validates and (step % self.steps_per_epoch == 0 or
-                               bool(self.eval_every) and step % self.eval_every == 0)
+  def due(self, step: int) -> Due:
+    """What the table makes due at `step`."""
+    at = {event for event, every in self.periods().items() if every and step % every == 0}
+    return Due(evaluation=bool(at & {"epoch", "evaluation"}), checkpoint="checkpoint" in at)
 
-  def saves(self, step: int) -> bool:
-    """A checkpoint is due at `step` by the interval (improvements and the end add more)."""
-    return step % self.checkpoint_every == 0
+  def saves(self, step: int, improved: bool, finished: bool) -> bool:
+    """A checkpoint is saved at `step`: by the interval, on an improvement of the monitor, or
+    at the end (the target or an early stop)."""
+    return self.due(step).checkpoint or improved or finished
 
   def finished(self, state: RunState) -> bool:
     """The run reached its target, or early stopping ended it."""

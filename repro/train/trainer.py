@@ -17,6 +17,7 @@ import time
 from typing import Callable, Sequence
 
 from repro.train import components
+from repro.train.checkpointer import Checkpointer
 from repro.train.runstate import Chunk, Hook, RunState, StepInfo
 from repro.train.schedule import Schedule
 
@@ -39,11 +40,12 @@ class Trainer:
     program: chunk(train_state, first_step, num_steps) -> (train_state, trace).
     schedule: which steps are boundaries, and what is due at each.
     guard: the finite check.
-    validate: RunState -> {'val_*': value}, or None without a validation split.
+    validate: RunState -> {'val_*': value}, called when the schedule makes an
+      evaluation due (never without a validation split).
     decide: repro.train.components.Decisions.
     test: RunState -> {'test_*': value} ({} without a test split).
-    reporters: the logs, TensorBoard and the progress bar.
-    checkpoints: the checkpointer.
+    reporters: the logs, TensorBoard, the progress bar and the timings.
+    checkpoints: repro.train.checkpointer.Checkpointer.
     signals: the stop requests.
     hooks: the user's read-only hooks.
   """
@@ -51,11 +53,11 @@ class Trainer:
   program: Callable
   schedule: Schedule
   guard: components.FiniteGuard
-  validate: Callable | None
+  validate: Callable
   decide: components.Decisions
   test: Callable
   reporters: components.Reporters
-  checkpoints: components.Checkpointer
+  checkpoints: Checkpointer
   signals: components.StopOnSignal
   hooks: Sequence[Hook] = ()
 
@@ -78,13 +80,14 @@ class Trainer:
     arrays, trace = self.program(state.arrays, first, last - first)  # run a chunk
     chunk = Chunk.of(first, last, trace, started)                     # its one host sync
     state = state.replace(step=last, arrays=arrays)
-    self.guard.check(chunk, state, self.checkpoints.saved_step)       # finite, or stop here
-    due = self.validate is not None and self.schedule.evaluates(last)
-    state, evaluation, improved = self.decide(state, self.validate(state) if due else None)
+    self.guard.check(chunk, state)                                    # finite, or stop here
+    due = self.schedule.due(last)
+    state, evaluation, improved = self.decide(state, self.validate(state) if due.evaluation
+                                              else None)              # evaluate, decide
     finished = self.schedule.finished(state)
     info = StepInfo(state=state, chunk=chunk, evaluation=evaluation,
                     test=self.test(state) if finished else {},       # test at the end
-                    checkpoint=improved or finished or self.schedule.saves(last))
+                    checkpoint=self.schedule.saves(last, improved, finished))
     self.reporters.write(info)                                        # write the logs
     if info.checkpoint:                                               # save if due
       self.save(info)
