@@ -15,7 +15,7 @@ before the fault still there and the newest intact one resumed from. A
 failed call must end the run with exit 74 and one line on stderr, nothing
 else (no traceback from any thread).
 
-First a plain run under strace counts each kind's calls, per thread: a
+First a plain run under strace (the reference) counts each kind's calls, per thread: a
 kind's points are N = 1 .. its largest per-thread count. --sample picks N
 points of each kind (the first, the last and a seeded spread between) instead
 of all. Prints one line per point and a table of outcomes by kind; needs
@@ -60,19 +60,30 @@ class Point:
   detail: str = ""
 
 
-def train(output: Path, strace: list[str] = (), timeout: int = 600) -> subprocess.CompletedProcess:
-  command = [*strace, sys.executable, str(ROOT / "bin" / "train"), *RUN, f"--output={output}"]
+def train(output: Path, strace: list[str] = (), timeout: int = 600, extra: list[str] = ()
+          ) -> subprocess.CompletedProcess:
+  command = [*strace, sys.executable, str(ROOT / "bin" / "train"), *RUN, *extra,
+             f"--output={output}"]
   # strace -f faults the run's children too: the `git status` that records the code's
   # revision must take no lock, or a kill there leaves the checkout's index.lock behind.
   env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
   return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def count(work: Path) -> dict[str, int]:
-  """Each kind's largest number of calls by one thread in a plain run (openat: O_CREAT only)."""
-  trace = work / "count.trace"
-  done = train(work / "count", ["strace", "-f", "-qq", "-o", str(trace),
-                                "-e", "trace=" + ",".join(KINDS)])
+# strace stops a thread only at the calls it traces (a seccomp filter: measured, a run under
+# `-e inject` alone, which stops at every call, took 4.2-4.7 s against 2.9-3.5 plain).
+STRACE = ("strace", "-f", "-qq", "--seccomp-bpf")
+
+
+def count(run: Path, start: Path | None = None) -> dict[str, int]:
+  """Each kind's largest number of calls by one thread in a plain run (openat: O_CREAT only)
+  to the end, from a copy of `start` if given (tracing changes no bit: without `start`, the
+  run is the uninterrupted reference)."""
+  trace = run.parent / f"count-{run.name}.trace"
+  shutil.rmtree(run, ignore_errors=True)
+  if start is not None:
+    shutil.copytree(start, run)
+  done = train(run, [*STRACE, "-o", str(trace), "-e", "trace=" + ",".join(KINDS)])
   assert done.returncode == 0, done.stderr
   per_thread = collections.defaultdict(collections.Counter)
   for line in trace.read_text().splitlines():
@@ -80,6 +91,29 @@ def count(work: Path) -> dict[str, int]:
     if match and (match[2] != "openat" or "O_CREAT" in line):
       per_thread[match[2]][match[1]] += 1
   return {kind: max(per_thread[kind].values()) for kind in KINDS if per_thread[kind]}
+
+
+# The resume sweep's start: a run stopped at RESUME_AT (checkpoints 8 and 12) whose newest
+# checkpoint is damaged, so that its rerun reads 12, sets it aside, restores 8, trains and
+# saves 16: every call of a resume that restores, sets a damaged step aside and saves again.
+RESUME_AT = 12
+
+
+def damaged_start(work: Path) -> Path:
+  start = work / "damaged-start"
+  shutil.rmtree(start, ignore_errors=True)
+  done = train(start, extra=[f"--max_steps={RESUME_AT}"])
+  assert done.returncode == 0 and finalized(start) == {8, RESUME_AT}, done.stderr
+  # Every data file of the arrays' store: state/d/ (what a restore reads) and the
+  # per-process copies (measured: flipping the biggest file alone, a per-process copy of
+  # the same size, left the state readable with equal checksums).
+  for path in [p for p in (start / str(RESUME_AT) / "state").rglob("*")
+               if p.is_file() and p.parent.name == "d"]:
+    blob = bytearray(path.read_bytes())
+    middle = len(blob) // 2
+    blob[middle:middle + 16] = bytes(b ^ 0xFF for b in blob[middle:middle + 16])
+    path.write_bytes(bytes(blob))
+  return start
 
 
 def finalized(run: Path) -> set[int]:
@@ -112,13 +146,18 @@ def stderr_problem(stderr: str) -> str:
   return f"{len(lines)} stderr lines: " + " | ".join(lines[:3])[:300]
 
 
-def try_point(point: Point, reference: Path, work: Path) -> Point:
-  run = work / f"{point.kind}-{point.fault}-{point.n}"
+def try_point(point: Point, reference: Path, work: Path, start: Path | None = None) -> Point:
+  """Faults a run (from a copy of `start`, if given: the resume sweep) at `point`, reruns it
+  plainly and says how that ended against the uninterrupted `reference`."""
+  run = work / f"{'resume-' if start else ''}{point.kind}-{point.fault}-{point.n}"
   shutil.rmtree(run, ignore_errors=True)
+  if start is not None:
+    shutil.copytree(start, run)
   action = "signal=SIGKILL" if point.fault == "kill" else f"error={point.fault}"
-  faulted = train(run, ["strace", "-f", "-qq", "-o", "/dev/null",
+  faulted = train(run, [*STRACE, "-o", "/dev/null", "-e", f"trace={point.kind}",
                         "-e", f"inject={point.kind}:{action}:when={point.n}"])
-  before = finalized(run)
+  # A damaged step of the start is not a finalized checkpoint: setting it aside loses nothing.
+  before = finalized(run) - ({RESUME_AT} if start is not None else set())
   if faulted.returncode == 0:
     point.outcome = "not reached"  # this run's threads made fewer such calls
   elif point.fault == "kill":
@@ -176,6 +215,9 @@ def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--kinds", default=",".join(KINDS))
   parser.add_argument("--faults", default="kill,ENOSPC,EIO")
+  parser.add_argument("--resume", action="store_true",
+                      help="fault the rerun of a run whose newest checkpoint is damaged "
+                           "(a resume that restores, sets a step aside and saves again)")
   parser.add_argument("--sample", type=int, default=0, help="points per kind (0: all)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", default=None, help="work directory (default: a temporary one)")
@@ -185,26 +227,38 @@ def main() -> int:
     raise SystemExit("fault_sweep: strace is not installed: apt-get install strace")
   work = Path(args.out or tempfile.mkdtemp(prefix="fault-sweep-"))
   work.mkdir(parents=True, exist_ok=True)
-  reference = work / "reference"
-  shutil.rmtree(reference, ignore_errors=True)
-  assert train(reference).returncode == 0
-  counts = {k: v for k, v in count(work).items() if k in args.kinds.split(",")}
-  print("calls per thread (the largest):", counts, flush=True)
+  reference, start = work / "reference", None
+  counts = count(reference)
+  if args.resume:
+    start = damaged_start(work)
+    counts = count(work / "counted-resume", start)
+  counts = {k: v for k, v in counts.items() if k in args.kinds.split(",")}
+  print(f"calls per thread of the {'resume' if start else 'run'} (the largest):", counts,
+        flush=True)
   todo = points(counts, args.faults.split(","), args.sample, args.seed)
   print(f"{len(todo)} points; work directory {work}", flush=True)
-  done = []
-  for i, point in enumerate(todo, 1):
-    done.append(try_point(point, reference, work))
-    print(f"[{i}/{len(todo)}] {point.fault} at {point.kind} #{point.n}: {point.outcome}"
-          + (f" ({point.detail})" if point.detail and "FAIL" in point.outcome + point.detail
-             or "more" in point.outcome else ""), flush=True)
+  done = [_tried(i, len(todo), try_point(p, reference, work, start))
+          for i, p in enumerate(todo, 1)]
   print(table(done))
   if args.json:
     Path(args.json).write_text(json.dumps([dataclasses.asdict(p) for p in done], indent=1))
-  bad = [p for p in done if "FAIL" in p.outcome or "LOST" in p.outcome or "differs" in p.outcome
-         or "more on stderr" in p.outcome or "resumed from" in p.outcome]
+  bad = [p for p in done if bad_outcome(p)]
   print(f"{len(done)} points tried, {len(bad)} bad; output in {work}")
   return 1 if bad else 0
+
+
+def _tried(i: int, total: int, point: Point) -> Point:
+  shown = point.detail and ("FAIL" in point.outcome + point.detail or "more" in point.outcome)
+  print(f"[{i}/{total}] {point.fault} at {point.kind} #{point.n}: {point.outcome}"
+        + (f" ({point.detail})" if shown else ""), flush=True)
+  return point
+
+
+def bad_outcome(point: Point) -> bool:
+  """A rerun that failed, a finalized step lost, other bits, more than one line on stderr,
+  or a resume from another step than the newest intact one."""
+  return any(word in point.outcome for word in (
+      "FAIL", "LOST", "differs", "more on stderr", "resumed from", "exit 1", "exit 2"))
 
 
 if __name__ == "__main__":
