@@ -6,6 +6,8 @@ class's exit_code (docs/faults.md's table of exit codes is this file):
   3   NonFiniteLoss   the loss became NaN or infinite; nothing non-finite was saved
   74  CheckpointWriteError  a checkpoint could not be written (disk full, I/O error)
   74  CheckpointReadError   a checkpoint could not be read (an I/O error; nothing renamed)
+  74  OutputWriteError      a command's output (an export, what bin/eval prints) could not
+                            be written; nothing half-written is left in its place
   75  PeerLost        another process of the run died (a signal also exits 75)
 """
 
@@ -47,6 +49,16 @@ class CheckpointReadError(Exception):
 
   Nothing is renamed or set aside: the checkpoint may be intact. Rerunning once
   the disk is healthy resumes from it.
+  """
+
+  exit_code = 74  # EX_IOERR
+
+
+class OutputWriteError(Exception):
+  """A command's output could not be written: the disk is full or the file system failed.
+
+  An export is written beside its --out and renamed into place, so a failed one
+  leaves nothing at --out; rerunning once the cause is fixed writes it whole.
   """
 
   exit_code = 74  # EX_IOERR

@@ -12,21 +12,29 @@ from __future__ import annotations
 
 import random
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
 import fault_sweep  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not shutil.which("strace"), reason="apt-get install strace")
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def work(tmp_path_factory):
+  """A work directory holding the uninterrupted reference run; the calls it made, counted."""
   work = tmp_path_factory.mktemp("sweep")
-  counts = fault_sweep.count(work / "reference")
+  return work, fault_sweep.count(work / "reference")
+
+
+@pytest.fixture(scope="module")
+def sweep(work):
+  work, counts = work
   rng = random.Random(0)
   mid = lambda kind: rng.randint(2, max(2, counts[kind] - 1))
   point = fault_sweep.Point
@@ -57,3 +65,42 @@ def test_a_fault_at_a_call_of_a_save_or_a_resume_resumes_bitwise_and_fails_in_on
   assert "rerun bitwise" in point.outcome
   if point.fault != "kill" and not point.outcome.startswith("not reached"):
     assert point.outcome.startswith("exit 74, one line"), point
+
+
+def faulted(command: list[str], strace: list[str], **kwargs) -> subprocess.CompletedProcess:
+  return subprocess.run([*fault_sweep.STRACE, "-o", "/dev/null", *strace, sys.executable,
+                         *command], capture_output=True, text=True, timeout=300, **kwargs)
+
+
+@pytest.mark.parametrize("call, fault", [("fsync", "ENOSPC"), ("rename", "EIO"), ("mkdir", "EIO")])
+def test_an_export_on_a_failing_disk_is_one_line_exit_74_and_leaves_nothing(work, call, fault):
+  work, _ = work
+  out = work / f"export-{call}"
+  done = faulted([str(ROOT / "bin" / "export"), str(work / "reference"), f"--out={out}"],
+                 ["-e", f"trace={call}", "-e", f"inject={call}:error={fault}:when=1"])
+  assert done.returncode == 74 and not fault_sweep.stderr_problem(done.stderr), done.stderr
+  assert f"cannot write the export to {out}" in done.stderr
+  assert not out.exists() and not list(work.glob(f".{out.name}.partial-*"))
+
+
+@pytest.mark.parametrize("binary", ["export", "eval"])
+def test_reading_a_checkpoint_on_a_failing_disk_is_one_line_and_exit_74(work, binary):
+  work, _ = work
+  step = max(fault_sweep.finalized(work / "reference"))
+  read = work / "reference" / str(step) / "state" / "manifest.ocdbt"
+  command = [str(ROOT / "bin" / binary), str(work / "reference")]
+  command += [f"--out={work / 'unreadable'}"] if binary == "export" else ["--json"]
+  done = faulted(command, ["-P", str(read), "-e", "trace=openat", "-e",
+                           "inject=openat:error=EIO"])
+  assert done.returncode == 74 and not fault_sweep.stderr_problem(done.stderr), done.stderr
+  assert f"cannot read {read.parent}: Input/output error" in done.stderr
+
+
+def test_bin_eval_writing_to_a_full_disk_is_one_line_and_exit_74(work):
+  work, _ = work
+  with open("/dev/full", "w") as full:
+    done = subprocess.run([sys.executable, str(ROOT / "bin" / "eval"), str(work / "reference"),
+                           "--json"], stdout=full, stderr=subprocess.PIPE, text=True,
+                          timeout=300)
+  assert done.returncode == 74 and not fault_sweep.stderr_problem(done.stderr), done.stderr
+  assert "cannot write the output to stdout: No space left on device" in done.stderr

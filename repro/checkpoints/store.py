@@ -8,9 +8,6 @@ manifest - JSON: config, environment, data fingerprint, metrics, state digest
 from __future__ import annotations
 
 import dataclasses
-import logging
-import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -46,43 +43,8 @@ def restore_state_item(state_dir: Path) -> dict[str, Any]:
   return ocp.StandardCheckpointer().restore(state_dir, template)
 
 
-def _closed_loop(err: BaseException | None) -> bool:
-  return isinstance(err, RuntimeError) and str(err) == "Event loop is closed"
-
-
-def _quiet_closed_loops() -> None:
-  """Drops one message, and only it: "RuntimeError: Event loop is closed" from Orbax's writer
-  threads, which tensorstore's callbacks raise when a failed save's loop is gone.
-
-  Measured: a full disk or an I/O error during a save printed three to six such
-  tracebacks, some before repro's one line (so hooks installed after the failure
-  came too late). Any other exception of a thread, or unraisable, is printed as
-  Python prints it.
-  """
-  thread_hook, unraisable_hook = threading.excepthook, sys.unraisablehook
-  threading.excepthook = lambda args: (None if _closed_loop(args.exc_value)
-                                       else thread_hook(args))
-  sys.unraisablehook = lambda unraisable: (None if _closed_loop(unraisable.exc_value)
-                                           else unraisable_hook(unraisable))
-  logging.getLogger("asyncio").addFilter(
-      lambda record: not (record.exc_info and _closed_loop(record.exc_info[1])))
-
-
-def _silence_abandoned_writers() -> None:
-  """After a failed write, Orbax's writer threads are abandoned: what they raise is no news.
-
-  Measured: a full disk during a save, then three "RuntimeError: Event loop is
-  closed" tracebacks from its background threads after repro's one line.
-  """
-  threading.excepthook = lambda args: None
-  sys.unraisablehook = lambda unraisable: None
-  logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-
-
 class Store:
   """A run directory of finalized checkpoint steps."""
-
-  _quieted = False  # _quiet_closed_loops() is installed once a process
 
   def __init__(self, directory: Path, max_to_keep: int, best_monitor: str | None = None,
                maximize: bool = False):
@@ -92,9 +54,7 @@ class Store:
     every save must then carry that metric.
     """
     self.directory = Path(directory)
-    if not Store._quieted:
-      _quiet_closed_loops()
-      Store._quieted = True
+    failures.quiet_closed_loops()
     if best_monitor:
       # Orbax sorts by this key and keeps the last: among equal values the
       # earliest step must come last, as repro.train.control counts only strict
@@ -197,7 +157,7 @@ class Store:
     finalized, so it never counts; the next start removes it (Orbax's writer
     threads may still be creating it now).
     """
-    _silence_abandoned_writers()
+    failures.silence_abandoned_writers()
     kept = [s for s in self.all_steps() if self.step_path(s).is_dir()]
     resume = (f"resume from step {kept[-1]}" if kept else "start afresh")
     return CheckpointWriteError(

@@ -11,6 +11,7 @@ ancestor(stored, ...) is its entry in a descendant's lineage (repro.proof.lineag
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -22,7 +23,8 @@ from etils import epath
 
 from repro.checkpoints import store as checkpoint
 from repro.checkpoints import digest
-from repro.errors import ReproError, squeezed
+from repro.checkpoints import failures
+from repro.errors import CheckpointReadError, ReproError, os_cause, squeezed
 
 EXPORT_JSON, EXPORT_TREE = "export.json", "model"
 RUN, EXPORT, ORBAX = "run", "export", "orbax"
@@ -77,8 +79,43 @@ def read_json(step_dir: Path, item: str) -> dict:
   try:
     return ocp.JsonCheckpointHandler().restore(epath.Path(step_dir / item))
   except (OSError, ValueError, KeyError) as err:
-    raise ReproError(f"cannot read {step_dir / item} ({type(err).__name__}): pass a repro run "
-                     f"directory or one of its step directories") from None
+    raise _unreadable(step_dir / item, err, "pass a repro run directory or one of its step "
+                                            "directories") from None
+
+
+def state_metadata(step_dir: Path) -> dict[str, Any]:
+  """The tree of a step's 'state' array metadata (shapes, dtypes); no array is read."""
+  with _reading(step_dir / "state", "the checkpoint is damaged"):
+    return ocp.StandardCheckpointHandler().metadata(epath.Path(step_dir / "state")).tree
+
+
+def restore_state(step_dir: Path, template: dict) -> dict[str, Any]:
+  """A step's 'state' item in the shapes, dtypes and shardings of `template`."""
+  with _reading(step_dir / "state", "the checkpoint is damaged"):
+    return ocp.StandardCheckpointer().restore(step_dir / "state", template)
+
+
+@contextlib.contextmanager
+def _reading(path: Path, fix: str):
+  """Meanwhile, Orbax's and tensorstore's errors are one line (_unreadable); an error of
+  neither the file system nor the file is a bug and propagates."""
+  failures.quiet_closed_loops()
+  try:
+    yield
+  except Exception as err:  # classified by what it is (repro.checkpoints.failures)
+    if failures.kind(err) is None and not isinstance(err, TypeError):
+      raise
+    raise _unreadable(path, err, fix) from None
+
+
+def _unreadable(path: Path, err: Exception, fix: str) -> Exception:
+  """What a failed read of `path` is: CheckpointReadError (exit 74) when the file system
+  failed (repro.checkpoints.failures), else ReproError with `fix`."""
+  if failures.kind(err) == failures.IO:
+    failures.silence_abandoned_writers()  # the failed read's threads: no news
+    return CheckpointReadError(f"cannot read {path}: {os_cause(err)}; nothing was changed: fix "
+                               f"the disk or file system and rerun the same command")
+  return ReproError(f"cannot read {path} ({type(err).__name__}: {squeezed(err, 120)}): {fix}")
 
 
 def locate(path: str | Path, step: int | str | None = None) -> Path:
@@ -133,8 +170,8 @@ def _read_export_json(where: Path) -> dict:
   try:
     meta = json.loads((where / EXPORT_JSON).read_text())
   except (OSError, ValueError) as err:
-    raise ReproError(f"cannot read {where / EXPORT_JSON} ({type(err).__name__}): the export is "
-                     f"damaged; export it again") from None
+    raise _unreadable(where / EXPORT_JSON, err, "the export is damaged; export it "
+                                                "again") from None
   if not isinstance(meta, dict) or "task" not in meta:
     raise ReproError(f"{where / EXPORT_JSON} is not a repro export's description")
   return meta
@@ -148,11 +185,8 @@ def _tree_dir(stored: Stored) -> Path:
 def read_tree(stored: Stored) -> dict[str, Any]:
   """Its whole Orbax tree on this process's first device, every recorded checksum checked."""
   where = _tree_dir(stored)
-  try:
+  with _reading(where, "it is damaged or not an Orbax checkpoint"):
     tree = checkpoint.restore_state_item(where)
-  except (OSError, ValueError, KeyError, TypeError) as err:
-    raise ReproError(f"cannot read {where} ({type(err).__name__}: {squeezed(err, 120)}): it is "
-                     f"damaged or not an Orbax checkpoint") from None
   if stored.kind != ORBAX:
     check_digests(stored.path, stored.meta.get("leaf_digests", {}), tree)
   return tree

@@ -25,7 +25,8 @@ from repro import task as task_lib
 from repro.cli.task_options import (OPTION_ARG, TASK_FLAG, named_task, read_task_options,
                                     take_task_options)
 from repro.config import Config
-from repro.errors import CheckpointReadError, NonFiniteLoss, ReproError, squeezed
+from repro.errors import (CheckpointReadError, CheckpointWriteError, NonFiniteLoss,
+                          OutputWriteError, ReproError, os_cause, squeezed)
 
 FLAGS = flags.FLAGS
 EXIT_BAD_INPUT = 2
@@ -164,6 +165,18 @@ def _drop_stdout() -> None:
   os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+def exit_at_once(err: Exception) -> NoReturn:
+  """One line and err's exit code, now: after a failed read or write, Orbax's threads may wait
+  for what will never come, and Python's exit would wait for them (measured: bin/export after
+  an EIO from mkdir printed its line, then hung)."""
+  print(f"error: {err}", file=sys.stderr, flush=True)
+  try:
+    sys.stdout.flush()
+  except OSError:
+    pass  # stdout is what failed: its line is the one above
+  os._exit(err.exit_code)
+
+
 def one_line_errors(main):
   """A binary's main: quiet absl logging, and a ReproError becomes one line and exit 2."""
 
@@ -173,9 +186,11 @@ def one_line_errors(main):
       logging.set_verbosity(logging.FATAL)  # Orbax, TFDS, ...: -v 0 shows their logs
     try:
       return main(argv, **kwargs)
-    except (ReproError, NonFiniteLoss, CheckpointReadError) as err:
+    except (ReproError, NonFiniteLoss) as err:
       print(f"error: {err}", file=sys.stderr)
       return err.exit_code
+    except (CheckpointReadError, CheckpointWriteError, OutputWriteError) as err:
+      exit_at_once(err)
     except BrokenPipeError:  # `bin/train | head`: the reader has all it wanted
       _drop_stdout()
       return 0
@@ -184,10 +199,15 @@ def one_line_errors(main):
 
 
 def print_out(text: str) -> None:
+  """Prints a command's output; OutputWriteError (exit 74) if stdout's file cannot take it."""
   try:
     print(text, flush=True)
   except BrokenPipeError:  # `bin/verify A B | head`: the verdict still goes in the exit code
     _drop_stdout()
+  except OSError as err:  # `bin/eval --json > out.json` on a full or failing disk
+    _drop_stdout()  # what stays buffered is not written again at exit
+    raise OutputWriteError(f"cannot write the output to stdout: {os_cause(err)}; free space "
+                           f"or fix the file system and rerun") from None
 
 
 def define_step_flag(what: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 
 from repro.cli import common
 from repro.cli.common import FLAGS
@@ -30,11 +29,9 @@ def main(argv: list[str], hooks=()) -> int:
   try:
     result = run(config, hooks=hooks)
   except (PeerLost, CheckpointWriteError) as err:
-    print(f"error: {err}", file=sys.stderr, flush=True)
-    sys.stdout.flush()
     # At once: jax.distributed's exit barrier would wait for a dead process, and a
     # failed checkpoint writer's threads for what will never come.
-    os._exit(err.exit_code)
+    common.exit_at_once(err)
   if not parallel.is_primary():
     return EXIT_STOPPED if result.stopped_by else 0
   if result.stopped_by:

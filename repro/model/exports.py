@@ -25,11 +25,12 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from repro.checkpoints import digest
+from repro.checkpoints import failures
 from repro.checkpoints import stored as stored_lib
 from repro.model import trained as trained_lib
 from repro.train import warmstart
 from repro.train.components import now
-from repro.errors import ReproError, os_cause
+from repro.errors import OutputWriteError, ReproError, os_cause
 
 DTYPES = ("float32", "bfloat16")
 FORMAT = 1
@@ -89,8 +90,13 @@ def _check_out(out: Path) -> Path:
 
 
 def _write(out: Path, weights: dict, meta: dict) -> None:
-  """Writes beside `out`, then renames: `out` holds a whole export or nothing."""
+  """Writes beside `out`, then renames: `out` holds a whole export or nothing.
+
+  OutputWriteError (one line, exit 74) when the file system fails, Orbax's and
+  tensorstore's errors included (repro.checkpoints.failures says which are).
+  """
   partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+  failures.quiet_closed_loops()
   try:
     out.parent.mkdir(parents=True, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
@@ -101,8 +107,12 @@ def _write(out: Path, weights: dict, meta: dict) -> None:
     if out.exists():
       out.rmdir()  # empty (checked above)
     partial.rename(out)
-  except OSError as err:
-    raise ReproError(f"cannot write the export to {out} ({os_cause(err)}): nothing was "
-                     f"written there; free space or pass another --out") from None
+  except Exception as err:  # classified by what it is; anything else is a bug and propagates
+    if failures.kind(err) != failures.IO:
+      raise
+    failures.silence_abandoned_writers()
+    raise OutputWriteError(f"cannot write the export to {out} ({os_cause(err)}): nothing was "
+                           f"written there; free space, fix the file system or pass another "
+                           f"--out") from None
   finally:
     shutil.rmtree(partial, ignore_errors=True)

@@ -17,8 +17,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import orbax.checkpoint as ocp
-from etils import epath
 from flax import nnx
 
 from repro.machine import backend
@@ -29,7 +27,7 @@ from repro.checkpoints import stored as stored_lib
 from repro import task as task_lib
 from repro.train import warmstart
 from repro.config import Config
-from repro.errors import ReproError, squeezed
+from repro.errors import ReproError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,14 +91,10 @@ def restore(path: str | Path, step: int | str | None = None, task: task_lib.Task
     _fill_exactly(built, stored, task, fix)
     state = nnx.state(built.objects)
   else:
-    saved = ocp.StandardCheckpointHandler().metadata(epath.Path(stored.path / "state")).tree
+    saved = stored_lib.state_metadata(stored.path)
     identity_lib.check_structure(stored.path.parent, stored.step, saved, built.template,
                                  action="load", fix=fix)
-    try:
-      pure = ocp.StandardCheckpointer().restore(stored.path / "state", built.template)
-    except (OSError, ValueError) as err:
-      raise ReproError(f"cannot restore {stored.path / 'state'} ({type(err).__name__}: "
-                       f"{squeezed(err, 120)}): the checkpoint is damaged") from None
+    pure = stored_lib.restore_state(stored.path, built.template)
     stored_lib.check_digests(stored.path, stored.meta.get("leaf_digests", {}), pure)
     state = state_lib.restore(built, pure)
   return Restored(built=built, state=state, task=task, config=config, stored=stored)
