@@ -106,6 +106,7 @@ class Report:
   settings: list[str]  # identity fields (beside the data) that differ: context
   strict: bool = False
   added: str = ""  # what `add` wrote: '', 'scope' or 'record'
+  kept: str = ""  # where the rerun was kept (check's `keep`)
   seconds: float = 0.0
   bits: dict = dataclasses.field(default_factory=dict, repr=False)  # this run's record
   scope: dict = dataclasses.field(default_factory=dict, repr=False)  # this run's scope
@@ -336,8 +337,9 @@ def _trace_difference(want: list[dict], got: list[dict]) -> Difference | None:
       return Difference("loss", step, f"step {step}: the loss differs first ({a.get('loss')!r} "
                         f"-> {b.get('loss')!r}; the batch agrees)")
     if a.get("params") != b.get("params"):
-      return Difference("parameters", step, f"step {step}: the parameters differ first after "
-                        f"it (the batch and the loss agree)")
+      return Difference("parameters", step, f"step {step}: the parameters after it differ "
+                        f"first (the batch and the loss agree: the gradient or the update "
+                        f"differs)")
   if set(old) != set(new):
     return Difference("steps", None, f"the trace covers steps {_span(new)}, the record "
                       f"{_span(old)}")
@@ -473,6 +475,7 @@ def check(path: str | Path, task: task_lib.Task | None = None, *, strict: bool =
       raise
     return _failed_run(golden, str(path), strict, str(err), time.perf_counter() - start)
   report = compare(golden, bits, here, strict=strict, path=str(path))
+  report.kept = str(keep) if keep else ""
   if add:
     golden, report.added = with_scope_added(golden, report)
     if report.added:
@@ -533,9 +536,11 @@ def _advice(report: Report) -> list[str]:
   if report.verdict == EQUAL:
     return [] if report.recorded_here else ["  (--add records this platform class in the file)"]
   step = next((d.step for d in report.differences if d.step), None)
-  look = f"bin/replay DIR --step={step}" if step else "bin/verify"
-  lines = [f"  a deliberate change: record again (bin/golden record ...); an accident: rerun "
-           f"with --keep=DIR and look inside with {look} (docs/golden.md)"]
+  run = report.kept or "DIR"
+  look = (f"bin/replay {run} --step={step}" if step else "bin/verify") + (
+      f" (the rerun is kept in {run})" if report.kept else " (rerun with --keep=DIR)")
+  lines = [f"  a deliberate change: record again (bin/golden record ...); an accident: look "
+           f"inside with {look}; docs/golden.md"]
   if report.verdict == OTHER_SCOPE:
     lines.append("  to guard this platform class with its own bits: --add")
   return lines
