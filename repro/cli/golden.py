@@ -14,6 +14,7 @@ RECORD, CHECK = "record", "check"
 USAGE = "bin/golden record [bin/train's flags] [--steps=20] [--out=golden.json], or bin/golden check FILE"
 CHECK_FLAGS = ("strict", "add", "keep")  # what check takes (and the task's location options)
 RECORD_ONLY = ("steps", "out")
+PROCESS_FLAGS = ("coordinator_address", "num_processes", "process_id")  # bin/train's, not ours
 
 
 def define_flags() -> None:
@@ -69,6 +70,13 @@ def _check(path: str, option_words: list[str]) -> int:
   return report.exit_code
 
 
+def _one_process() -> None:
+  given = [name for name in PROCESS_FLAGS if FLAGS[name].present]
+  if given:
+    common.exit_bad_input(f"--{given[0]}: bin/golden trains in one process of its own (a "
+                          f"multi-process run cannot be recorded)")
+
+
 @common.one_line_errors
 def main(argv: list[str]) -> int:
   """bin/golden record: 0 written, 2 bad input, or the run's own failure's code.
@@ -79,6 +87,7 @@ def main(argv: list[str]) -> int:
   """
   option_words = [w for w in argv[1:] if OPTION_ARG.fullmatch(w)]
   words = [w for w in argv[1:] if not OPTION_ARG.fullmatch(w)]
+  _one_process()
   if words[:1] == [RECORD] and len(words) == 1:
     return _record(option_words)
   if words[:1] == [CHECK] and len(words) == 2:
