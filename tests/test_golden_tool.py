@@ -273,11 +273,22 @@ def test_bad_input_is_one_line_and_exit_2(workdir, recorded, args, message):
     ("{", "is not JSON"),
     ('{"configs": {}}', "is not a golden file of format repro-golden/1 (its format: None)"),
     ('{"format": "repro-golden/1", "steps": 3}', "is a damaged golden file"),
+    ('{"format": "repro-golden/1", "steps": 3, "config": {}, "records": [{"scopes": [], '
+     '"steps": 3, "identity": {}, "trace": [], "leaf_digests": {}, "metrics": {}}]}',
+     "is a damaged golden file"),
 ])
 def test_a_file_that_is_not_a_golden_file_is_one_line(tmp_path, content, message):
   (tmp_path / "bad.json").write_text(content)
   with pytest.raises(ReproError, match=message.replace("(", r"\(").replace(")", r"\)")):
     golden.load(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("out, message", [("", "is a directory"),
+                                          ("missing/golden.json", "is not a directory")])
+def test_a_record_to_an_unusable_path_is_refused_before_training(tmp_path, out, message):
+  with pytest.raises(ReproError, match=message):
+    golden.record(None, Config(task="no_such_module:Task"), out=tmp_path / out,
+                  log=lambda _: None)
 
 
 def test_a_record_of_a_task_that_cannot_be_imported_is_one_line(recorded, tmp_path):

@@ -11,7 +11,8 @@ from repro.cli.common import FLAGS
 from repro.cli.task_options import OPTION_ARG, read_task_options
 
 RECORD, CHECK = "record", "check"
-USAGE = "bin/golden record [bin/train's flags] [--steps=20] [--out=golden.json], or bin/golden check FILE"
+USAGE = ("bin/golden record [bin/train's flags] [--steps=20] [--out=golden.json], or "
+         "bin/golden check FILE")
 CHECK_FLAGS = ("strict", "add", "keep")  # what check takes (and the task's location options)
 RECORD_ONLY = ("steps", "out")
 PROCESS_FLAGS = ("coordinator_address", "num_processes", "process_id")  # bin/train's, not ours

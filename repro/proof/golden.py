@@ -155,13 +155,23 @@ def load(path: str | Path) -> dict:
     raise ReproError(f"{path} is not a golden file of format {FORMAT} (its format: {found!r}): "
                      f"record it with bin/golden record")
   records = golden.get("records")
-  keys = ("scopes", "steps", "identity", "trace", "leaf_digests", "metrics")
   if (not isinstance(golden.get("config"), dict) or not isinstance(golden.get("steps"), int)
-      or not isinstance(records, list) or not records
-      or not all(isinstance(r, dict) and all(k in r for k in keys) for r in records)):
+      or not isinstance(records, list) or not records or not all(map(_whole, records))):
     raise ReproError(f"{path} is a damaged golden file (its config, steps or records are "
-                     f"missing): record it again with bin/golden record")
+                     f"missing or malformed): record it again with bin/golden record")
   return golden
+
+
+# The kinds of a record's fields (a file that does not have them is damaged).
+_RECORD_FIELDS = {"scopes": list, "steps": int, "identity": dict, "trace": list,
+                  "leaf_digests": dict, "metrics": dict}
+
+
+def _whole(record) -> bool:
+  return (isinstance(record, dict)
+          and all(isinstance(record.get(k), kind) for k, kind in _RECORD_FIELDS.items())
+          and bool(record["scopes"]) and all(isinstance(s, dict) for s in record["scopes"])
+          and all(isinstance(r, dict) for r in record["trace"]))
 
 
 def config_of(golden: dict) -> Config:
@@ -184,8 +194,9 @@ def write(path: str | Path, golden: dict) -> None:
 
 def _text(golden: dict) -> str:
   """The file's JSON, indented, with one line per step of each trace (readable in a diff)."""
-  marked = dict(golden, records=[dict(r, trace=[f"@trace {i} {j}@" for j in range(len(r["trace"]))])
-                                 for i, r in enumerate(golden["records"])])
+  marked = dict(golden, records=[
+      dict(r, trace=[f"@trace {i} {j}@" for j in range(len(r["trace"]))])
+      for i, r in enumerate(golden["records"])])
   text = json.dumps(marked, indent=1, sort_keys=True)
   return re.sub(r'"@trace (\d+) (\d+)@"', lambda m: json.dumps(
       golden["records"][int(m[1])]["trace"][int(m[2])], sort_keys=True), text) + "\n"
@@ -279,9 +290,11 @@ def record(task: task_lib.Task | None = None, config: Config | None = None, *,
   asked = config.program  # recorded as asked: a change of what 'auto' picks is caught
   if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
     raise ReproError(f"--steps={steps}: pass a number of steps >= 1")
-  parent = Path(out).expanduser().absolute().parent
-  if not parent.is_dir():
-    raise ReproError(f"--out {out}: {parent} is not a directory: pass a path in an existing one")
+  target = Path(out).expanduser().absolute()
+  if not target.parent.is_dir() or target.is_dir():
+    raise ReproError(f"--out {out}: {target if target.is_dir() else target.parent} "
+                     f"{'is a directory' if target.is_dir() else 'is not a directory'}: pass "
+                     f"a file path in an existing directory")
   config, task = resolve(config, task)
   config = config.replace(program=asked)
   log(f"recording task {task_lib.task_name(task)}: {steps} steps in a fresh process")
