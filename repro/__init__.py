@@ -18,8 +18,9 @@ from repro.runner import Result, run
 from repro.train.runstate import Hook, RunState, StepInfo
 from repro.task import Splits, Task
 from repro.model.trained import Trained, load
+from repro import golden, testing  # repro.golden.record / check, repro.testing.assert_golden
 
 __all__ = ["Config", "Evaluation", "Hook", "ReproError", "Result", "RunState", "Splits",
            "StepInfo", "Task", "Trained", "audit", "augmented", "check", "evaluate", "export",
-           "load", "replay", "run"]
+           "golden", "load", "replay", "run", "testing"]
 __version__ = "0.1.0"

@@ -1,24 +1,34 @@
-"""Golden bitwise digests of a few small runs: what CI compares every change against.
+"""The project's golden files: the bits of two small runs of the reference CNN.
 
-Regenerate (after a deliberate change of the bits, e.g. a new pin or model):
+tests/test_golden.py checks them on every change with repro.testing.assert_golden,
+the mechanism a user's own CI uses (docs/golden.md): one golden format. Each
+file is what `bin/golden record` writes: the config, each leaf's sha256 of the
+final state, every step's loss and fingerprints, and the scope the bits hold
+for (platform class, locked versions, XLA:CPU's configuration).
+
+Re-record after a deliberate change of the bits (a new pin, a model change),
+and say in the commit why the bits changed:
 
     python tests/golden.py --update
 
-which rewrites tests/golden/digests.json with the digests of this machine and
-records the package versions and platform they were made on. On a machine of
-another platform (another CPU's vector features, say), where the test skips:
+On a platform class the files hold no record for (where the test passes if
+the bits agree, and skips naming the scope if they do not):
 
-    python tests/golden.py --confirm
+    python tests/golden.py --add
 
-recomputes the digests and, only if every one of them is equal, adds this
-platform to the file's `confirmed_on`, so that the test guards it too.
+checks each file and records this platform class in it: beside the record
+whose bits it has, or with its own bits.
+
+The runs train on the synthetic IDX data of tests/idx_data.py, which the
+files name relatively (idx/ and tfds/, written into a temporary directory
+that the runs start in); a check passes its own directories as the task's
+location options.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
+import contextlib
 import sys
 import tempfile
 from pathlib import Path
@@ -28,91 +38,60 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import idx_data  # noqa: E402
-from repro import Config, metrics, run
-from repro.machine import environment  # noqa: E402
-from repro.checkpoints import digest  # noqa: E402
+from repro import Config  # noqa: E402
+from repro.proof import golden  # noqa: E402
 
-GOLDEN = HERE / "golden" / "digests.json"
+FILES = HERE / "golden"
+# name: (config, steps): two epochs of 16 steps, three of 8.
 CONFIGS = {
-    "seed0-batch16-lr1e-3": dict(seed=0, batch_size=16, learning_rate=1e-3, epochs=2),
-    "seed1-batch32-lr3e-3": dict(seed=1, batch_size=32, learning_rate=3e-3, epochs=3),
+    "seed0-batch16-lr1e-3": (dict(seed=0, batch_size=16, learning_rate=1e-3, epochs=2), 32),
+    "seed1-batch32-lr3e-3": (dict(seed=1, batch_size=32, learning_rate=3e-3, epochs=3), 24),
 }
-# What must match for the bits to be comparable (see repro/machine/environment.py).
-# Not the CPU count: repro fixes XLA:CPU's pool (repro.machine.backend), which is recorded.
-PLATFORM_KEYS = ("machine", "backend", "device_kind", "device_count", "cpu_features",
-                 "xla_cpu_pool")
+DATA = {"data_dir": "idx", "tfds_dir": "tfds"}  # as the files name them
 
 
-def platform_key() -> dict:
-  env = environment.describe()
-  versions = {k: v for k, v in environment.versions().items() if k != "repro"}
-  return {"versions": versions, **{k: env["platform"][k] for k in PLATFORM_KEYS}}
+def path(name: str) -> Path:
+  return FILES / f"{name}.json"
 
 
-def compute(name: str, workdir: Path) -> dict:
-  """Runs golden config `name` on the synthetic IDX data and digests the result."""
-  data_dir = idx_data.write_dataset(workdir / "idx", n_train=256, n_test=64, seed=0)
-  config = Config(**CONFIGS[name], output=str(workdir / name), checkpoint_every=10,
-                  chunk_steps=8, progress=False,
-                  task_options={"data_dir": str(data_dir), "tfds_dir": str(workdir / "tfds")})
-  result = run(config, log=lambda _: None)
-  import orbax.checkpoint as ocp
-  state = ocp.StandardCheckpointer().restore(Path(result.checkpoint) / "state")
-  trace = metrics.read(Path(result.output) / metrics.TRACE_FILENAME)
-  return {
-      "steps": result.step,
-      "leaf_digests": digest.leaf_digests(state),
-      "losses": [r["loss"] for r in trace if "loss" in r],
-      "trace_sha256": hashlib.sha256(json.dumps(trace).encode()).hexdigest(),
-      "test_accuracy": result.test_accuracy,
-  }
+def write_data(root: Path) -> dict:
+  """The synthetic IDX data under root/idx; the task options that name it absolutely."""
+  idx_data.write_dataset(root / DATA["data_dir"], n_train=256, n_test=64, seed=0)
+  return {k: str(root / v) for k, v in DATA.items()}
 
 
-def platforms(golden: dict) -> list[dict]:
-  """Every platform the digests were made or confirmed on."""
-  return [golden["made_on"], *golden.get("confirmed_on", [])]
+def config(name: str) -> Config:
+  values, _ = CONFIGS[name]
+  return Config(**values, chunk_steps=8, progress=False, task_options=dict(DATA))
 
 
-def compute_all() -> dict:
-  with tempfile.TemporaryDirectory() as tmp:
-    return {name: compute(name, Path(tmp)) for name in CONFIGS}
-
-
-def _write(golden: dict) -> None:
-  GOLDEN.parent.mkdir(exist_ok=True)
-  GOLDEN.write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
-
-
-def update() -> None:
-  _write({"made_on": platform_key(), "configs": compute_all()})
-  print(f"wrote {GOLDEN} ({len(CONFIGS)} configs)")
-
-
-def confirm() -> int:
-  """Adds this platform to confirmed_on if it reproduces every digest; 1 if it does not."""
-  golden, here = json.loads(GOLDEN.read_text()), platform_key()
-  if here in platforms(golden):
-    print("this platform is already in the golden file")
-    return 0
-  got = compute_all()
-  differing = [name for name, want in golden["configs"].items()
-               if (got[name]["leaf_digests"], got[name]["trace_sha256"]) !=
-               (want["leaf_digests"], want["trace_sha256"])]
-  if differing:
-    print(f"NOT confirmed: {', '.join(differing)} differ on this platform")
-    return 1
-  golden["confirmed_on"] = [*golden.get("confirmed_on", []), here]
-  _write(golden)
-  print(f"confirmed: every digest is equal here; added this platform to {GOLDEN}")
+def update() -> int:
+  FILES.mkdir(exist_ok=True)
+  with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
+    write_data(Path(tmp))
+    for name, (_, steps) in CONFIGS.items():
+      done = golden.record(None, config(name), steps=steps, out=path(name))
+      print(f"wrote {done.path}: {done.steps} steps, {done.leaves} leaves")
   return 0
+
+
+def add() -> int:
+  """Checks each file here, recording this platform class in it; 1 if a record here differs."""
+  codes = []
+  with tempfile.TemporaryDirectory() as tmp:
+    options = write_data(Path(tmp))
+    for name in CONFIGS:
+      report = golden.check(path(name), add=True, task_options=options)
+      print(golden.format_report(report))
+      codes.append(report.exit_code)
+  return max(c if c != golden.EXIT_OTHER_SCOPE else 0 for c in codes)
 
 
 if __name__ == "__main__":
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   action = parser.add_mutually_exclusive_group(required=True)
-  action.add_argument("--update", action="store_true",
-                      help="recompute and rewrite tests/golden/digests.json")
-  action.add_argument("--confirm", action="store_true",
-                      help="add this platform if it reproduces every digest")
+  action.add_argument("--update", action="store_true", help="record every file again")
+  action.add_argument("--add", action="store_true",
+                      help="record this platform class in every file")
   args = parser.parse_args()
-  sys.exit(confirm() if args.confirm else update())
+  sys.exit(add() if args.add else update())

@@ -37,7 +37,7 @@ from test_parallel import free_port
 ROOT = Path(__file__).resolve().parent.parent
 # The pages in the order a user needs them (README.md links each, in this order).
 PAGES = ("your-own-model", "command-line", "training", "after-training", "big-data", "devices",
-         "proving-it", "faults", "performance", "limits")
+         "proving-it", "golden", "faults", "performance", "limits")
 LANGUAGES = ("sh", "bash", "console", "python", "text")  # every fenced block says which
 ELIDED = "..."  # a console output line that stands for lines left out
 PROMPT = "$ "
@@ -85,6 +85,8 @@ SWAPPED = ("docs/proving-it.md's swapped run is tests/test_audit.py's: test_a_sw
            "checkpoint_replays_different make it and check these lines")
 SINE = "import dataclasses"  # the first line of sine.py, the complete task
 RESUME = "bin/train --seed=0 --epochs=1 --output=runs/b"  # the tour's resumed run
+GOLDEN_CHECK = "PYTHONPATH=. bin/golden check golden.json"  # docs/golden.md, on sine.py
+GOLDEN_PYTEST = "pytest -q test_bits.py"
 TWO_PROCESSES = ("--micro_shards=4 --output=runs/two --coordinator_address=localhost:12355 "
                  "--num_processes=2")
 
@@ -163,6 +165,12 @@ COMMANDS = {
     # docs/proving-it.md: the runs they compare are made by prepare_verify.
     "bin/verify runs/seed0 runs/seed1": How("verify", exit=1),
     "bin/verify runs/lr1e-3 runs/lr2e-3": How("verify", exit=1),
+    # docs/golden.md: sine.py's bits recorded, checked, and checked again from pytest.
+    "PYTHONPATH=. bin/golden record --task=sine:Sine --batch_size=32 --out=golden.json":
+        How("sine"),
+    GOLDEN_CHECK: How("sine"),
+    "# test_bits.py: the task's bits, checked on every commit": How("sine", file="test_bits.py"),
+    GOLDEN_PYTEST: How("sine"),
     "bin/audit runs/swapped": How(NOT_RUN, why=SWAPPED),
     "bin/replay runs/swapped --step=501": How(NOT_RUN, why=SWAPPED),
 }
@@ -426,6 +434,15 @@ def test_sine_trains_from_python_and_from_bin_train_with_the_same_bits(ran):
       "step 320, loss ")
   assert_bitwise_equal(restore_state(directory / "runs" / "sine" / "320"),
                        restore_state(directory / "runs" / "sine-cli" / "320"))
+
+
+def test_sines_golden_record_checks_equal_from_bin_golden_and_from_pytest(ran):
+  directory, results = ran("sine")
+  assert "recorded golden.json: task sine, 20 steps" in results[
+      "PYTHONPATH=. bin/golden record --task=sine:Sine --batch_size=32 --out=golden.json"].stdout
+  assert "golden check of golden.json: task sine, 20 steps" in results[GOLDEN_CHECK].stdout
+  assert "1 passed" in results[GOLDEN_PYTEST].stdout
+  assert len(json.loads((directory / "golden.json").read_text())["records"]) == 1
 
 
 def test_the_two_processes_trained_one_run_over_four_devices(ran):

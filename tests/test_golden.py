@@ -1,4 +1,11 @@
-"""CI fails when a change alters the bits of the golden runs (tests/golden.py)."""
+"""CI fails when a change alters the bits of the project's golden runs (tests/golden.py).
+
+The files are golden files of repro.golden, checked with repro.testing.assert_golden
+as a user's CI checks theirs: on every platform. Equal bits pass anywhere
+(where this platform class is not the files', the record holds here too);
+differing bits fail on a platform class the files hold a record for, and skip,
+naming the scope fields that differ, on one they do not.
+"""
 
 from __future__ import annotations
 
@@ -6,80 +13,54 @@ import json
 
 import pytest
 
-import golden
+import golden as project
+from repro import golden
+from repro.testing import assert_golden
 
 pytestmark = pytest.mark.quick  # in `pytest -m quick` (BUILD.md)
 
 
-def _load() -> dict:
-  return json.loads(golden.GOLDEN.read_text())
+@pytest.fixture(scope="module")
+def checked(idx_dir, tfds_dir):
+  """checked(name) -> the report of the golden file `name`, checked once (assert_golden)."""
+  options = {"data_dir": str(idx_dir), "tfds_dir": str(tfds_dir)}
+  done = {}
+
+  def get(name: str) -> golden.Report:
+    if name not in done:
+      done[name] = assert_golden(project.path(name), task_options=options)
+    return done[name]
+
+  return get
 
 
-def _platform_differences(saved: dict, here: dict) -> list[str]:
-  """Why no platform of the golden file is this one ([] when one is)."""
-  if here in golden.platforms(saved):
-    return []
-  made_on = saved["made_on"]
-  # Other fields are a change of golden.py (of what it records), not another
-  # platform: that must fail, never skip the bits silently.
-  assert set(here) == set(made_on) and set(here["versions"]) == set(made_on["versions"]), (
-      f"golden.platform_key() records other fields than the golden file "
-      f"({sorted(here['versions'])} vs {sorted(made_on['versions'])}): fix golden.py")
-  out = [f"{k} {made_on['versions'].get(k)!r} -> {v!r}" for k, v in here["versions"].items()
-         if made_on["versions"].get(k) != v]
-  out += [f"{k} {made_on.get(k)!r} -> {here[k]!r}" for k in golden.PLATFORM_KEYS
-          if made_on.get(k) != here[k]]
-  return out
+def test_every_config_has_a_golden_file_of_the_one_format():
+  assert sorted(p.stem for p in project.FILES.iterdir()) == sorted(project.CONFIGS)
+  for name, (values, steps) in project.CONFIGS.items():
+    saved = golden.load(project.path(name))
+    assert saved["steps"] == steps
+    assert {k: saved["config"][k] for k in values} == values
+    assert saved["config"]["task_options"]["data_dir"] == project.DATA["data_dir"]
+    for record in saved["records"]:
+      assert record["steps"] == steps and len(record["leaf_digests"]) == 26
+      assert all(s["versions"]["jax"] and s["platform"]["xla_cpu_pool"] for s in record["scopes"])
 
 
-def test_golden_file_records_its_platform_and_every_config():
-  saved = _load()
-  assert set(saved["configs"]) == set(golden.CONFIGS)
-  assert saved["made_on"]["versions"]["jax"] and "xla_cpu_pool" in saved["made_on"]
+@pytest.mark.parametrize("name", sorted(project.CONFIGS))
+def test_bits_match_the_golden_record(name, checked):
+  report = checked(name)
+  assert report.verdict == golden.EQUAL and report.steps == project.CONFIGS[name][1]
 
 
-@pytest.mark.parametrize("name", sorted(golden.CONFIGS))
-def test_bits_match_the_golden_digests(name, tmp_path):
-  saved = _load()
-  differences = _platform_differences(saved, golden.platform_key())
-  if differences:
-    pytest.skip("golden digests were made on another platform (" + "; ".join(differences) +
-                "), where bits may legitimately differ; run `python tests/golden.py --confirm` "
-                "on this platform to guard it")
-  want, got = saved["configs"][name], golden.compute(name, tmp_path)
-  assert got["steps"] == want["steps"]
-  changed = [leaf for leaf in want["leaf_digests"]
-             if got["leaf_digests"].get(leaf) != want["leaf_digests"][leaf]]
-  first_loss = next((i + 1 for i, (a, b) in enumerate(zip(got["losses"], want["losses"]))
-                     if a != b), None)
-  assert not changed and first_loss is None and got["trace_sha256"] == want["trace_sha256"], (
-      f"{name}: the bits changed: {len(changed)} leaves differ ({', '.join(changed[:4])}), "
-      f"first differing loss at step {first_loss}. If intended, regenerate with "
-      f"`python tests/golden.py --update` and say why in the commit.")
-
-
-def test_a_changed_digest_fails_the_golden_test(tmp_path, monkeypatch):
-  saved = _load()
-  name = sorted(golden.CONFIGS)[0]
-  saved["configs"][name]["leaf_digests"]["model/conv1/bias"] = "0" * 64
-  tampered = tmp_path / "digests.json"
-  tampered.write_text(json.dumps(saved))
-  monkeypatch.setattr(golden, "GOLDEN", tampered)
-  if _platform_differences(saved, golden.platform_key()):
-    pytest.skip("golden digests were made on another platform")
-  with pytest.raises(AssertionError, match=r"1 leaves differ \(model/conv1/bias\)"):
-    test_bits_match_the_golden_digests(name, tmp_path / "work")
-
-
-def test_confirm_adds_no_platform_whose_digests_differ(tmp_path, monkeypatch):
-  saved = _load()
-  name = sorted(golden.CONFIGS)[0]
-  saved["configs"][name]["trace_sha256"] = "0" * 64
-  tampered = tmp_path / "digests.json"
-  tampered.write_text(json.dumps(saved))
-  monkeypatch.setattr(golden, "GOLDEN", tampered)
-  other = dict(golden.platform_key(), cpu_features=["a-feature-no-machine-has"])
-  monkeypatch.setattr(golden, "platform_key", lambda: other)
-  assert golden.confirm() == 1
-  assert "confirmed_on" not in json.loads(tampered.read_text()) or other not in (
-      json.loads(tampered.read_text())["confirmed_on"])
+def test_a_changed_digest_is_named_as_a_regression_of_that_leaf(checked):
+  name = sorted(project.CONFIGS)[0]
+  report = checked(name)
+  tampered = json.loads(project.path(name).read_text())
+  for record in tampered["records"]:
+    record["leaf_digests"]["model/conv1/bias"] = "0" * 64
+  found = golden.compare(tampered, report.bits, report.scope)
+  # Here a regression; on a platform class the file holds no record for, another scope.
+  assert found.verdict == (golden.REGRESSION if report.recorded_here else golden.OTHER_SCOPE)
+  assert found.leaves == ["model/conv1/bias"]
+  assert [d.kind for d in found.differences] == ["state"]
+  assert "1 of 26 leaves of the final state differ: model/conv1/bias" in found.problems()[0]

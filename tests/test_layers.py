@@ -5,7 +5,7 @@ Layers, lowest first (a module may import its own layer and those below):
 errors; the user's vocabulary (task, metrics); the machine; the config; data;
 checkpoint storage; training; the run's assembly (runner) and the example
 tasks; the trained model; the proofs; the command line; the package's public
-face (repro/__init__.py).
+face (repro/__init__.py, and the public modules repro.golden and repro.testing).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "repro"
 LAYERS = (("repro.errors",), ("repro.task", "repro.metrics"), ("repro.machine",),
           ("repro.config",), ("repro.data",), ("repro.checkpoints",), ("repro.train",),
           ("repro.runner", "repro.tasks"), ("repro.model",), ("repro.proof",), ("repro.cli",),
-          ("repro",))
+          ("repro", "repro.golden", "repro.testing"))
 
 
 def _name(path: Path) -> str:

@@ -90,13 +90,13 @@ def exit_bad_input(message: str) -> NoReturn:
   sys.exit(EXIT_BAD_INPUT)
 
 
-def parse_flags_or_exit(argv: list[str], positional: int = 0) -> list[str]:
+def parse_flags_or_exit(argv: list[str], positional: int = 0, usage: str = "") -> list[str]:
   """absl's parser, but a bad flag is one line on stderr and exit code 2.
 
   Returns absl's leftovers (the program name and the positional arguments)
   followed by the task-option arguments, which config_from_flags reads once
   the task is known. `positional` is how many arguments besides flags the
-  binary takes (-1: one or more).
+  binary takes (-1: one or more; `usage` says which, when none is given).
   """
   takes_task = TASK_FLAG in FLAGS
   argv, option_words = take_task_options(argv) if takes_task else (argv, [])
@@ -111,7 +111,7 @@ def parse_flags_or_exit(argv: list[str], positional: int = 0) -> list[str]:
     exit_bad_input(f"{squeezed(err, 10**6)} (see --helpfull)")
   given = len(rest) - 1
   if positional == -1 and given < 1:
-    exit_bad_input("expected at least one argument (see --helpfull)")
+    exit_bad_input(f"expected {usage or 'at least one argument'} (see --helpfull)")
   if positional == 0 and given:
     exit_bad_input(f"unexpected argument(s) {' '.join(rest[1:])}: every setting is a --flag "
                     f"(see --helpfull)")
