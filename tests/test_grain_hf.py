@@ -359,3 +359,24 @@ for make in (repro.source.Grain, repro.source.HuggingFace):
   lines = done.stdout.strip().splitlines()
   assert lines[0] == "[]", lines
   assert "pip install 'repro[grain]'" in lines[1] and "pip install 'repro[hf]'" in lines[2]
+
+
+def test_hugging_face_columns_keep_their_dtypes_whichever_reader_reads_them():
+  """Numbers and nested lists of numbers are read straight from Arrow, other features
+  (Array2D here) by the numpy format: each column in its own dtype, row for row."""
+  columns = {"x": np.arange(60, dtype=np.float64).reshape(5, 3, 4) / 7,
+             "flag": np.array([True, False, True, True, False]),
+             "pixel": np.arange(5, dtype=np.uint8), "label": np.arange(5, dtype=np.int32),
+             "grid": np.arange(30, dtype=np.float32).reshape(5, 2, 3)}
+  features = datasets.Features({
+      "x": datasets.List(datasets.List(datasets.Value("float64"))),
+      "flag": datasets.Value("bool"), "pixel": datasets.Value("uint8"),
+      "label": datasets.Value("int32"), "grid": datasets.Array2D((2, 3), "float32")})
+  source = repro_source.HuggingFace(datasets.Dataset.from_dict(columns, features=features))
+  assert sorted(source._plain) == ["flag", "label", "pixel", "x"]
+  assert {k: (d, s) for k, (d, s) in source.features().items()} == {
+      k: (v.dtype, v.shape[1:]) for k, v in columns.items()}
+  rows = np.array([4, 1, 1, 0])
+  got = source.gather(rows)
+  for name, value in columns.items():
+    assert got[name].dtype == value.dtype and got[name].tobytes() == value[rows].tobytes()

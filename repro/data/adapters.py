@@ -172,18 +172,16 @@ def hf_column_problem(dataset, name: str) -> str | None:
   """
   import pyarrow as pa  # a dependency of datasets
   import pyarrow.compute as pc
-  column = dataset.data.column(name)
-  if column.null_count:
-    return (f"has {column.null_count} missing values: fill them in a map, or drop the "
-            f"examples (ds.filter before giving it to repro)")
-  level = column
+  level = dataset.data.column(name)
   while True:
+    if level.null_count:
+      return (f"has {level.null_count} missing values: fill them in a map, or drop the "
+              f"examples (ds.filter before giving it to repro)")
     kind = level.type
     if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind):
       return ("holds text or bytes: turn it into fixed-shape numbers in a map (tokenize and "
               "pad it), or drop it (ds.remove_columns)")
-    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)
-            or pa.types.is_fixed_size_list(kind)):
+    if not _is_list(kind):
       return None
     lengths = pc.min_max(pc.list_value_length(level))
     if len(level) and lengths["min"].as_py() != lengths["max"].as_py():
@@ -191,3 +189,50 @@ def hf_column_problem(dataset, name: str) -> str | None:
               f"pad it to a fixed length in a map, e.g. ds.map(lambda e: {{{name!r}: "
               f"pad(e[{name!r}], N)}})")
     level = pc.list_flatten(level)
+
+
+def hf_plain_columns(dataset, columns: list[str]) -> list[str]:
+  """The columns stored as numbers or (nested) lists of numbers: read straight from Arrow.
+
+  The others (images, audio, Array2D and such) are decoded by the numpy format.
+  Measured on Fashion-MNIST (28x28x1 uint8 as nested lists): the numpy format
+  converts row by row, 11x the step time of the same data as arrays.
+  """
+  import pyarrow as pa
+  plain = []
+  for name in columns:
+    kind = dataset.data.column(name).type
+    while _is_list(kind):
+      kind = kind.value_type
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
+      plain.append(name)
+  return plain
+
+
+def arrow_arrays(table, names: list[str]) -> dict[str, np.ndarray]:
+  """{name: array} of plain columns of an Arrow table: lists of one length become axes.
+
+  A level of unequal lengths gives an object array of rows (what the numpy format gives),
+  which the caller refuses as a shape that differs from row 0's.
+  """
+  import pyarrow.compute as pc
+  arrays = {}
+  for name in names:
+    column, shape = table.column(name), [len(table)]
+    while _is_list(column.type):
+      lengths = pc.min_max(pc.list_value_length(column))
+      if len(column) and lengths["min"].as_py() != lengths["max"].as_py():
+        arrays[name] = np.empty(len(table), object)  # rows of other shapes: refused
+        break
+      shape.append(lengths["max"].as_py() if len(column) else 0)
+      column = pc.list_flatten(column)
+    else:
+      arrays[name] = column.to_numpy().reshape(shape)
+  return arrays
+
+
+def _is_list(kind) -> bool:
+  """Whether an Arrow type is a list (of any length kind)."""
+  import pyarrow as pa
+  return pa.types.is_list(kind) or pa.types.is_large_list(kind) or \
+      pa.types.is_fixed_size_list(kind)

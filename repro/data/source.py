@@ -280,12 +280,14 @@ class HuggingFace(Source):
 
   Every column (or those set_format chose) is a feature: numeric, of a fixed
   shape (a column of text, of variable length or with missing values is
-  refused, named, with the fix).
-  Batches are read with with_format("numpy", dtype=None): each column in its
-  own dtype (the default numpy format widens integers to int64 and narrows
-  floats to float32). The dataset's own fingerprint joins the content's in
-  fingerprint() (the run's identity), and its cache files are watched for
-  changes (files()).
+  refused, named, with the fix). Batches are read by index, each column in
+  its own dtype: columns of numbers or nested lists of numbers straight from
+  Arrow (with_format("arrow"); lists of one length become axes), the others
+  (images, Array2D, ...) with with_format("numpy", dtype=None) (the default
+  numpy format widens integers to int64 and narrows floats to float32, and
+  converts nested lists row by row). The dataset's own fingerprint joins the
+  content's in fingerprint() (the run's identity), and its cache files are
+  watched for changes (files()).
   """
 
   rule = (f"{FINGERPRINT_RULE}, and the Hugging Face dataset's own fingerprint "
@@ -303,7 +305,10 @@ class HuggingFace(Source):
       problem = adapters.hf_column_problem(dataset, name)
       if problem:
         raise ReproError(f"column {name!r} of {what} {problem}")
-    self._numpy = dataset.with_format("numpy", columns=columns, dtype=None)
+    self._plain = adapters.hf_plain_columns(dataset, columns)
+    self._arrow = dataset.with_format("arrow", columns=self._plain)
+    decoded = [name for name in columns if name not in self._plain]
+    self._numpy = dataset.with_format("numpy", columns=decoded, dtype=None) if decoded else None
     self._lock = threading.Lock()
     first = self._read(np.array([0]))
     self._features = {name: (value.dtype, value.shape[1:]) for name, value in first.items()}
@@ -329,9 +334,11 @@ class HuggingFace(Source):
     return hashlib.sha256((super().fingerprint() + self.dataset._fingerprint).encode()).hexdigest()
 
   def _read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    rows = [int(i) for i in indices]
     try:
       with self._lock:
-        return dict(self._numpy[[int(i) for i in indices]])
+        batch = adapters.arrow_arrays(self._arrow[rows], self._plain) if self._plain else {}
+        return {**batch, **(dict(self._numpy[rows]) if self._numpy is not None else {})}
     except Exception as err:  # Arrow's errors on a damaged or vanished cache file
       raise ReproError(f"reading {self.what} failed ({type(err).__name__}: {squeezed(err)}): "
                        f"its cache files are damaged or gone; build it again") from None
