@@ -152,7 +152,7 @@ def stacked(examples: list[dict[str, np.ndarray]], features: dict) -> dict[str, 
 
 
 def hf_dataset(dataset, what: str):
-  """The dataset if it is a Hugging Face Dataset read by index; else one line saying what to give."""
+  """The dataset if it is a Hugging Face Dataset (read by index); else one line on what to give."""
   names = _class_names(dataset)
   if "DatasetDict" in names or "IterableDatasetDict" in names:
     raise ReproError(f"{what} is a Hugging Face DatasetDict of the splits "
@@ -212,8 +212,8 @@ def hf_plain_columns(dataset, columns: list[str]) -> list[str]:
 def arrow_arrays(table, names: list[str]) -> dict[str, np.ndarray]:
   """{name: array} of plain columns of an Arrow table: lists of one length become axes.
 
-  A level of unequal lengths gives an object array of rows (what the numpy format gives),
-  which the caller refuses as a shape that differs from row 0's.
+  A level of unequal lengths gives an (empty) object array, which the caller refuses as
+  another dtype and shape than row 0's.
   """
   import pyarrow.compute as pc
   arrays = {}

@@ -306,7 +306,7 @@ class HuggingFace(Source):
       if problem:
         raise ReproError(f"column {name!r} of {what} {problem}")
     self._plain = adapters.hf_plain_columns(dataset, columns)
-    self._arrow = dataset.with_format("arrow", columns=self._plain)
+    self._arrow = dataset.with_format("arrow", columns=self._plain) if self._plain else None
     decoded = [name for name in columns if name not in self._plain]
     self._numpy = dataset.with_format("numpy", columns=decoded, dtype=None) if decoded else None
     self._lock = threading.Lock()
@@ -331,13 +331,14 @@ class HuggingFace(Source):
             "cache_files": [str(p) for p in self.files()]}
 
   def fingerprint(self) -> str:
-    return hashlib.sha256((super().fingerprint() + self.dataset._fingerprint).encode()).hexdigest()
+    content = super().fingerprint()
+    return hashlib.sha256((content + self.dataset._fingerprint).encode()).hexdigest()
 
   def _read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
     rows = [int(i) for i in indices]
     try:
       with self._lock:
-        batch = adapters.arrow_arrays(self._arrow[rows], self._plain) if self._plain else {}
+        batch = adapters.arrow_arrays(self._arrow[rows], self._plain) if self._arrow else {}
         return {**batch, **(dict(self._numpy[rows]) if self._numpy is not None else {})}
     except Exception as err:  # Arrow's errors on a damaged or vanished cache file
       raise ReproError(f"reading {self.what} failed ({type(err).__name__}: {squeezed(err)}): "

@@ -74,7 +74,8 @@ def _wrapped(name: str, split, task: str) -> Source | None:
 
 
 def _checked_split(name: str, split, task: str) -> Source:
-  split = _wrapped(name, split, task) or split
+  wrapped = _wrapped(name, split, task)
+  split = split if wrapped is None else wrapped
   if isinstance(split, Source):
     if not len(split):
       raise ReproError(f"task {task}: the {name} split is empty")
