@@ -2,6 +2,8 @@
 
     python bench/hostfed.py [--rounds=2] [--big_gb=4] [--steps=1500]
                             [--out=bench/results/hostfed.json]
+    python bench/hostfed.py --sources [--rounds=2] [--source_steps=400]
+                            [--out=bench/results/hostfed_sources.json]
 
 The reference CNN, batch 64, chunks of 100 steps, the same order on both paths.
 (a) Fashion-MNIST in one process: one epoch on the device-resident path vs the
@@ -15,6 +17,12 @@ The reference CNN, batch 64, chunks of 100 steps, the same order on both paths.
     time per example, big/small.
 (c) bin/train on the big memmap (--data_path=auto, the default budget), a few
     hundred steps: the path it chose and its peak RSS.
+(d) With --sources, instead of (a)-(c) (needs the extras grain and hf):
+    Fashion-MNIST's training split host-fed in one process, `source_steps`
+    steps each, alternating `rounds` rounds: as arrays, through a Grain
+    MapDataset of (image, label) pairs named by a per-example map (as a
+    pipeline over tfds.data_source reads), and as a Hugging Face Dataset saved
+    to disk and memory-mapped back. Reports ms a step, each over the arrays.
 Timings on 2 shared cores are noisy: compare ratios of one run.
 """
 
@@ -102,14 +110,42 @@ def train_big(paths: dict, output: Path, steps: int) -> dict:
           "peak_rss_mb": float(rss[0].split("=")[1]) if rss else None}
 
 
+def sources(train_split: dict, steps: int, rounds: int, tmp: str) -> dict:
+  """(d) The same examples host-fed as arrays, through Grain and through Hugging Face."""
+  import datasets
+  import grain
+  from repro.data.source import Arrays, Grain, HuggingFace
+  datasets.disable_progress_bars()
+  pairs = list(zip(train_split["image"], train_split["label"]))
+  pipeline = grain.MapDataset.source(pairs).map(lambda p: {"image": p[0], "label": p[1]})
+  datasets.Dataset.from_dict(train_split).save_to_disk(f"{tmp}/hf")
+  contenders = {"arrays": Arrays(train_split), "grain": Grain(pipeline),
+                "hf": HuggingFace(datasets.load_from_disk(f"{tmp}/hf"))}
+  best = best_of({name: (lambda s=source: measure_ours(CNN(), s, BATCH, steps=steps,
+                                                          host_fed=True))
+                  for name, source in contenders.items()}, rounds)
+  return {"steps": steps, **{name: public(r) for name, r in best.items()},
+          "ratios": {f"{name}_over_arrays": best[name]["step_ms"] / best["arrays"]["step_ms"]
+                     for name in ("grain", "hf")}}
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--rounds", type=int, default=2)
   parser.add_argument("--big_gb", type=float, default=4.0)
   parser.add_argument("--steps", type=int, default=1500)
-  parser.add_argument("--out", default=str(HERE / "results" / "hostfed.json"))
+  parser.add_argument("--sources", action="store_true", help="measure (d) instead")
+  parser.add_argument("--source_steps", type=int, default=400)
+  parser.add_argument("--out", default=None, help="default: bench/results/hostfed.json, "
+                                                   "hostfed_sources.json with --sources")
   args = parser.parse_args()
+  out = args.out or str(HERE / "results" / f"hostfed{'_sources' if args.sources else ''}.json")
   train_split = CNN().data().train
+  if args.sources:
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
+      report = {"batch": BATCH, "rounds": args.rounds,
+                "sources": sources(train_split, args.source_steps, args.rounds, tmp)}
+    return write_report(report, out)
   best = best_of({"device": lambda: measure_ours(CNN(), train_split, BATCH),
                   "host": lambda: measure_ours(CNN(), train_split, BATCH, host_fed=True)},
                  args.rounds)
@@ -142,7 +178,7 @@ def main() -> None:
           "big_over_device_per_example": fastest["big"]["step_ms"] / best["device"]["step_ms"],
       },
   }
-  write_report(report, args.out)
+  write_report(report, out)
 
 
 if __name__ == "__main__":

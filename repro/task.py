@@ -50,7 +50,9 @@ Batch = dict[str, jax.Array]
 
 @dataclasses.dataclass
 class Splits:
-  """A task's data: each split a dict of arrays sharing their leading dimension.
+  """A task's data: each split a dict of arrays sharing their leading dimension, a
+  repro.data.source.Source read by index, a Grain MapDataset or a Hugging Face
+  datasets.Dataset (repro owns the order and the batches of every one).
 
   Attributes:
     train: the training examples (any feature names, shapes and dtypes).

@@ -12,7 +12,7 @@ says how it is shrunk, mechanically: `tiny` appends tiny_flags(), the tests'
 small IDX data (tests/conftest.py's fixtures) in place of Fashion-MNIST, and
 `extra` appends flags after them (absl takes the last value of a repeated
 flag). A console block's output lines (`...` elides) must appear, in order,
-in what its command prints. About 25 processes in all: group dependent
+in what its command prints. About 30 processes in all: group dependent
 commands, keep each small.
 """
 
@@ -151,6 +151,17 @@ COMMANDS = {
             "(test_the_python_fragments_name_what_exists); its sources are tests/test_feed.py's"),
     "bin/train --task=repro.tasks.npy:NpyCNN --task.images=images.npy --task.labels=labels.npy "
     "--output=runs/npy": How("npy", tiny=True),  # tiny: its test split is Fashion-MNIST's
+    "# grain_cnn.py: the reference CNN reading Fashion-MNIST through a Grain pipeline":
+        How("sources", file="grain_cnn.py"),
+    "PYTHONPATH=. bin/train --task=grain_cnn:GrainCNN --data_path=host --epochs=1 "
+    "--output=runs/grain": How("sources", tiny=True),  # tiny: the CNN's options, the small data
+    "# points.py: a regression on a CSV file, read as a Hugging Face dataset":
+        How("sources", file="points.py"),
+    "python -c \"import numpy as np; x = np.linspace(-3, 3, 512); np.savetxt('points.csv', "
+    "np.c_[x, x * x, np.sin(2 * x)], delimiter=',', header='a,b,target', comments='')\"":
+        How("sources"),
+    "PYTHONPATH=. bin/train --task=points:Points --data_path=host --epochs=5 "
+    "--output=runs/points": How("sources"),
     # docs/devices.md
     "XLA_FLAGS=--xla_force_host_platform_device_count=4 bin/train --seed=0 --epochs=3 "
     "--output=runs/four": How("devices", tiny=True),
@@ -370,8 +381,11 @@ def run_group(group: str, directory: Path, idx_dir: Path, tfds_dir: Path) -> dic
       (directory / how.file).write_text(paths + how.prelude + command.code)
   PREPARE.get(group, lambda *_: None)(directory, options)
   (directory / "commands.sh").write_text(script(commands, tiny_flags(options), free_port()))
-  subprocess.run(["bash", "commands.sh"], cwd=directory, env=environment(), timeout=900,
-                 check=True)
+  # Hugging Face's cache in the directory (not the user's), and never the network.
+  hugging_face = {"HF_HOME": str(directory / "hf-home"), "HF_DATASETS_OFFLINE": "1",
+                  "HF_HUB_OFFLINE": "1"}
+  subprocess.run(["bash", "commands.sh"], cwd=directory, env={**environment(), **hugging_face},
+                 timeout=900, check=True)
   out = directory / "out"
   return {c.text: Ran(int((out / f"{i}.rc").read_text()), (out / f"{i}.stdout").read_text(),
                       (out / f"{i}.stderr").read_text()) for i, c in enumerate(commands)}

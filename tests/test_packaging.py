@@ -82,3 +82,16 @@ def test_every_command_of_bin_is_installed_and_executable():
   scripts = [l.strip() for l in cfg["options"]["scripts"].splitlines() if l.strip()]
   assert sorted(scripts) == sorted(f"bin/{p.name}" for p in (ROOT / "bin").iterdir())
   assert all(os.access(ROOT / script, os.X_OK) for script in scripts)
+
+
+def test_the_optional_extras_are_pinned_exactly_and_in_the_test_extra():
+  """repro[grain] and repro[hf] (the libraries whose datasets repro reads as splits): pinned
+  like every dependency, and in `test`, so that the test lock and CI carry them."""
+  cfg = configparser.ConfigParser()
+  cfg.read(ROOT / "setup.cfg")
+  extras = cfg["options.extras_require"]
+  pins = lambda name: [l.strip() for l in extras[name].splitlines()
+                       if l.strip() and not l.strip().startswith("#")]
+  assert [p.split("==")[0] for p in pins("grain") + pins("hf")] == ["grain", "datasets"]
+  assert set(pins("grain") + pins("hf")) <= set(pins("test"))
+  assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][0-9.]*", p) for p in pins("test"))

@@ -1,4 +1,5 @@
-"""Data: sources of examples (source), a task's splits and their fingerprints (splits),
+"""Data: sources of examples (source; adapters: what they read of Grain and Hugging Face datasets),
+a task's splits and their fingerprints (splits),
 the data order of every step (shuffle), the host feed (feed), and the built-in datasets (datasets, idx, npy_cache, tfds_offline).
 Imports nothing of train, checkpoints, model, proof or cli.
 """

@@ -4,6 +4,8 @@ A task may give a split as a Source instead of a dict of in-memory arrays:
 
     Splits(train=repro.data.source.Arrays({"image": np.load(path, mmap_mode="r"), ...}))
     Splits(train=repro.data.source.TFDS("my_dataset", "train", data_dir=...))
+    Splits(train=grain_map_dataset)      # or repro.data.source.Grain(grain_map_dataset)
+    Splits(train=hugging_face_dataset)   # or repro.data.source.HuggingFace(hugging_face_dataset)
 
 repro then feeds each chunk from the host (repro.data.feed): the batch of step s is
 gathered by the same counter-based indices as on the device, so both paths
@@ -17,10 +19,12 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
 
+from repro.data import adapters
 from repro.errors import ReproError, squeezed
 
 SAMPLES = 64  # examples hashed into a source's fingerprint
@@ -31,6 +35,8 @@ CHANGE_RULE = "each file's size and modification time, checked at every chunk"
 
 class Source:
   """A split read by index. Subclasses give __len__, features, gather and files."""
+
+  rule = FINGERPRINT_RULE  # what fingerprint() reads (the manifest says it)
 
   def __len__(self) -> int:
     raise NotImplementedError
@@ -46,6 +52,10 @@ class Source:
   def files(self) -> list[Path]:
     """The files the source reads (their size and time are watched)."""
     return []
+
+  def describe(self) -> dict:
+    """What the manifest records of the source besides its fingerprint (its reader, say)."""
+    return {}
 
   def _check_range(self, indices: np.ndarray, what: str) -> None:
     """One line (ReproError) if an index falls outside 0..len(self) - 1."""
@@ -210,3 +220,152 @@ class TFDS(Source):
 
   def files(self) -> list[Path]:
     return sorted(Path(p) for p in Path(self.builder.data_dir).glob("*.array_record*"))
+
+
+class Grain(Source):
+  """A Grain MapDataset, read by index: its per-example transforms run as repro gathers.
+
+  repro owns the order (its permutation of range(len(dataset)) each epoch) and
+  the batches: a shuffle or batch in the pipeline is refused, and so are a
+  filter (its holes) and a repeat() without a count. Elements are dicts (or
+  namedtuples, dataclasses) of fixed-shape numeric arrays; the features are
+  element 0's, and every element gathered is checked against them. A
+  random_map draws from Grain's seed by the example's index: the same draw
+  every epoch (Task.augment draws anew each epoch).
+  """
+
+  def __init__(self, dataset, what: str = "the Grain dataset"):
+    adapters.require("grain")
+    self.pipeline = adapters.grain_pipeline(dataset, what)
+    if not len(dataset):
+      raise ReproError(f"{what} is empty: its Grain pipeline gives no element")
+    self.dataset, self.what = dataset, what
+    self._lock = threading.Lock()  # the feed's thread and an evaluation may read at once
+    self._features = adapters.layout(adapters.named(self._read([0])[0], f"element 0 of {what}"))
+
+  def __len__(self) -> int:
+    return len(self.dataset)
+
+  def features(self):
+    return self._features
+
+  def describe(self) -> dict:
+    return {"reader": adapters.version("grain"), "pipeline": self.pipeline}
+
+  def _read(self, indices) -> list:
+    """The pipeline's elements at `indices` (in one batched read where Grain has one)."""
+    indices = [int(i) for i in indices]
+    try:
+      with self._lock:
+        read = getattr(self.dataset, "_getitems", None)  # Grain's batched read (ArrayRecord)
+        return list(read(indices)) if read else [self.dataset[i] for i in indices]
+    except ReproError:
+      raise
+    except Exception as err:  # the user's source or transforms
+      raise ReproError(f"reading {self.what} failed ({type(err).__name__}: {squeezed(err)}): "
+                       f"the error is its pipeline's (its source or a transform)") from None
+
+  def gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    self._check_range(indices, self.what)
+    examples = []
+    for i, element in zip(indices, self._read(indices)):
+      where = f"element {int(i)} of {self.what}"
+      examples.append(adapters.named(element, where))
+      adapters.check_like(examples[-1], self._features, where, "element 0")
+    return adapters.stacked(examples, self._features)
+
+
+class HuggingFace(Source):
+  """A Hugging Face datasets.Dataset (or the directory save_to_disk wrote), read by index.
+
+  Every column (or those set_format chose) is a feature: numeric, of a fixed
+  shape (a column of text, of variable length or with missing values is
+  refused, named, with the fix). Batches are read by index, each column in
+  its own dtype: columns of numbers or nested lists of numbers straight from
+  Arrow (with_format("arrow"); lists of one length become axes), the others
+  (images, Array2D, ...) with with_format("numpy", dtype=None) (the default
+  numpy format widens integers to int64 and narrows floats to float32, and
+  converts nested lists row by row). The dataset's own fingerprint joins the
+  content's in fingerprint() (the run's identity), and its cache files are
+  watched for changes (files()).
+  """
+
+  rule = (f"{FINGERPRINT_RULE}, and the Hugging Face dataset's own fingerprint "
+          f"(Dataset._fingerprint)")
+
+  def __init__(self, dataset, what: str = "the Hugging Face dataset"):
+    datasets = adapters.require("hf")
+    if isinstance(dataset, (str, os.PathLike)):
+      dataset = _load_from_disk(datasets, dataset, what)
+    self.dataset, self.what = adapters.hf_dataset(dataset, what), what
+    columns = dataset.format.get("columns") or dataset.column_names  # set_format's choice
+    if not len(dataset) or not columns:
+      raise ReproError(f"{what} is empty ({len(dataset)} rows, columns {columns})")
+    for name in columns:
+      problem = adapters.hf_column_problem(dataset, name)
+      if problem:
+        raise ReproError(f"column {name!r} of {what} {problem}")
+    self._plain = adapters.hf_plain_columns(dataset, columns)
+    self._arrow = dataset.with_format("arrow", columns=self._plain) if self._plain else None
+    decoded = [name for name in columns if name not in self._plain]
+    self._numpy = dataset.with_format("numpy", columns=decoded, dtype=None) if decoded else None
+    self._lock = threading.Lock()
+    first = self._read(np.array([0]))
+    self._features = {name: (value.dtype, value.shape[1:]) for name, value in first.items()}
+    for name, value in first.items():
+      if value.dtype.kind in adapters.NOT_NUMERIC:
+        raise ReproError(f"column {name!r} of {what} is not numeric ({value.dtype}): make it "
+                         f"fixed-shape numbers in a map, or drop it (ds.remove_columns)")
+
+  def __len__(self) -> int:
+    return len(self.dataset)
+
+  def features(self):
+    return self._features
+
+  def files(self) -> list[Path]:
+    return [Path(f["filename"]) for f in self.dataset.cache_files]
+
+  def describe(self) -> dict:
+    return {"reader": adapters.version("hf"), "hf_fingerprint": self.dataset._fingerprint,
+            "cache_files": [str(p) for p in self.files()]}
+
+  def fingerprint(self) -> str:
+    content = super().fingerprint()
+    return hashlib.sha256((content + self.dataset._fingerprint).encode()).hexdigest()
+
+  def _read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    rows = [int(i) for i in indices]
+    try:
+      with self._lock:
+        batch = adapters.arrow_arrays(self._arrow[rows], self._plain) if self._arrow else {}
+        return {**batch, **(dict(self._numpy[rows]) if self._numpy is not None else {})}
+    except Exception as err:  # Arrow's errors on a damaged or vanished cache file
+      raise ReproError(f"reading {self.what} failed ({type(err).__name__}: {squeezed(err)}): "
+                       f"its cache files are damaged or gone; build it again") from None
+
+  def gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    self._check_range(indices, self.what)
+    batch = self._read(indices)
+    for name, (dtype, shape) in self._features.items():
+      value = batch[name]
+      if value.dtype != dtype or value.shape[1:] != tuple(shape):
+        raise ReproError(f"column {name!r} of {self.what} read as {value.dtype}"
+                         f"{list(value.shape[1:])} at some of the indices {_few(indices)}, "
+                         f"not {np.dtype(dtype)}{list(shape)} as at row 0: every row must have "
+                         f"one shape (pad it in a map)")
+    return batch
+
+
+def _load_from_disk(datasets, path, what: str):
+  """The Dataset that Dataset.save_to_disk wrote at `path`."""
+  try:
+    return datasets.load_from_disk(str(path))
+  except (FileNotFoundError, ValueError, OSError) as err:
+    raise ReproError(f"{what}: cannot load a saved Hugging Face dataset from {path} "
+                     f"({squeezed(err)})") from None
+
+
+def _few(indices: np.ndarray) -> str:
+  shown = [int(i) for i in np.asarray(indices)[:5]]
+  return ", ".join(map(str, shown)) + (", ..." if len(indices) > 5 else "")

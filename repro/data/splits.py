@@ -1,7 +1,8 @@
 """A task's data splits: checked, fingerprinted, and cut into train and validation.
 
-A split is a dict of host arrays sharing their leading dimension, or a
-repro.data.source.Source read by index (for data larger than memory). Prepared
+A split is a dict of host arrays sharing their leading dimension, a
+repro.data.source.Source read by index (for data larger than memory), or a
+Grain MapDataset or Hugging Face Dataset (wrapped in its Source). Prepared
 holds every split as a Source (a dict becomes Arrays, without a copy). The
 fingerprint of a dict is a sha256 over its features in name order (each
 feature's dtype, shape and bytes), so the same bytes give the same
@@ -16,8 +17,9 @@ import hashlib
 
 import numpy as np
 
+from repro.data import adapters
 from repro.errors import ReproError
-from repro.data.source import FINGERPRINT_RULE, Arrays, Source, Subset
+from repro.data.source import Arrays, Grain, HuggingFace, Source, Subset
 from repro.task import Splits
 
 HOLD_OUT_RULE = "the last validation_examples examples of the train split, in its stored order"
@@ -59,14 +61,29 @@ def fingerprint(split: dict[str, np.ndarray]) -> str:
   return digest.hexdigest()
 
 
+def _wrapped(name: str, split, task: str) -> Source | None:
+  """A Grain or Hugging Face dataset in its Source (one line on what it cannot give), else None."""
+  library = adapters.library_of(split)
+  if library is None:
+    return None
+  wrap = Grain if library == "grain" else HuggingFace
+  try:
+    return wrap(split, what=f"the {name} split")
+  except ReproError as err:
+    raise ReproError(f"task {task}: {err}") from None
+
+
 def _checked_split(name: str, split, task: str) -> Source:
+  wrapped = _wrapped(name, split, task)
+  split = split if wrapped is None else wrapped
   if isinstance(split, Source):
     if not len(split):
       raise ReproError(f"task {task}: the {name} split is empty")
     return split
   if not isinstance(split, dict) or not split:
-    raise ReproError(f"task {task}: the {name} split must be a non-empty dict of arrays, got "
-                     f"{type(split).__name__}")
+    raise ReproError(f"task {task}: the {name} split must be a non-empty dict of arrays, a "
+                     f"repro.data.source.Source, a Grain MapDataset or a Hugging Face Dataset, "
+                     f"got {type(split).__name__}")
   arrays = {}
   for feature, value in split.items():
     array = np.asarray(value)
@@ -139,7 +156,8 @@ def _info(splits: Splits, given: dict, train: Source, validation: Source | None,
   features = {k: f"{np.dtype(d)}{list(s)}" for k, (d, s) in given["train"].features().items()}
   info = {"source": splits.source, "features": features, "num_train": len(train),
           "splits": {name: {"examples": len(split), "fingerprint": fingerprints[name],
-                            "rule": "sha256 of every byte" if full[name] else FINGERPRINT_RULE}
+                            "rule": "sha256 of every byte" if full[name] else split.rule,
+                            **split.describe()}
                      for name, split in given.items()}}
   if validation is not None:
     origin = "train" if held_out else "validation"
