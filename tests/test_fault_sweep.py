@@ -46,24 +46,24 @@ def sweep(work):
             point("unlink", 1, "kill"), point("pwrite64", 1, "ENOSPC")]
   done = [fault_sweep.try_point(p, work / "reference", work) for p in chosen]
   # A resume that reads a damaged newest checkpoint, sets it aside, restores the one
-  # before and saves again, faulted at its first rename (setting the step aside), a
-  # seeded write and a seeded fsync.
+  # before and saves again, faulted at its first rename (setting the step aside: killed,
+  # and failing, which was a traceback), a seeded write and a seeded fsync.
   start = fault_sweep.damaged_start(work)
   counts = fault_sweep.count(work / "counted-resume", start)
   assert fault_sweep.same_run(work / "reference", work / "counted-resume") == ""
   assert (work / "counted-resume" / f"corrupt-{fault_sweep.RESUME_AT}").is_dir()
-  chosen = [point("rename", 1, "kill"), point("write", mid("write"), "kill"),
-            point("fsync", mid("fsync"), "EIO")]
+  chosen = [point("rename", 1, "kill"), point("rename", 1, "ENOSPC"),
+            point("write", mid("write"), "kill"), point("fsync", mid("fsync"), "EIO")]
   return done + [fault_sweep.try_point(p, work / "reference", work, start) for p in chosen]
 
 
-@pytest.mark.parametrize("index", range(11))
+@pytest.mark.parametrize("index", range(12))
 def test_a_fault_at_a_call_of_a_save_or_a_resume_resumes_bitwise_and_fails_in_one_line(
     sweep, index):
   point = sweep[index]
   assert not fault_sweep.bad_outcome(point), (point, point.detail)
   assert "rerun bitwise" in point.outcome
-  if point.fault != "kill" and not point.outcome.startswith("not reached"):
+  if point.fault != "kill" and not point.outcome.startswith("exit 0"):
     assert point.outcome.startswith("exit 74, one line"), point
 
 

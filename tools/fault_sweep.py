@@ -158,8 +158,8 @@ def try_point(point: Point, reference: Path, work: Path, start: Path | None = No
                         "-e", f"inject={point.kind}:{action}:when={point.n}"])
   # A damaged step of the start is not a finalized checkpoint: setting it aside loses nothing.
   before = finalized(run) - ({RESUME_AT} if start is not None else set())
-  if faulted.returncode == 0:
-    point.outcome = "not reached"  # this run's threads made fewer such calls
+  if faulted.returncode == 0:  # this run's threads made fewer such calls, or (an error) the
+    point.outcome = "not reached" if point.fault == "kill" else "exit 0"  # run did without it
   elif point.fault == "kill":
     point.outcome = "killed" if faulted.returncode in (-9, 137) else f"exit {faulted.returncode}"
   else:

@@ -90,7 +90,13 @@ class Store:
       n += 1
       target = self.directory / f"corrupt-{step}-{n}"
     if parallel.is_primary():  # every process decides alike; one renames
-      self.step_path(step).rename(target)
+      try:
+        self.step_path(step).rename(target)
+      except OSError as err:  # measured by the resume sweep: a traceback and exit 1
+        raise CheckpointWriteError(
+            f"cannot set the damaged checkpoint {self.step_path(step)} aside as {target.name}: "
+            f"{os_cause(err)}; nothing was changed: fix the cause and rerun the same "
+            f"command") from None
     parallel.barrier(f"repro-set-aside-{step}")
     self.manager.reload()
     return target
