@@ -334,7 +334,7 @@ def _train(plan: plan_lib.Plan, state: RunState, checkpoints: Checkpointer,
 
 def _reporters(plan: plan_lib.Plan, state: RunState, timings: components.Timings) -> list:
   """metrics.jsonl and trace.jsonl, TensorBoard, the progress bar and timings.jsonl."""
-  initial = core.fingerprint(state.arrays["model"]) if state.step == 0 else None
+  initial = core.fingerprint_now(state.arrays["model"]) if state.step == 0 else None
   return [components.Logs(plan.output, state.step, initial),
           components.TensorBoard(plan.output, state.step),
           components.Progress(plan.schedule.target, state.step, plan.schedule.steps_per_epoch,

@@ -73,6 +73,12 @@ def fingerprint(arrays) -> jax.Array:
   return total
 
 
+# The fingerprint of a state outside a compiled step (the initial parameters): one compiled
+# program, not one per operation and leaf (measured: 2.1 s of a 6 s run of the tiny CNN
+# went to compiling those eagerly). Integer arithmetic: the same value either way.
+fingerprint_now = jax.jit(fingerprint)
+
+
 @jax.jit
 def all_finite(tree) -> jax.Array:
   """True if no floating-point leaf of `tree` holds a NaN or an infinity."""
