@@ -6,6 +6,7 @@ from pathlib import Path
 
 from repro.checkpoints import store as checkpoint
 from repro.checkpoints import digest
+from repro.proof import verify
 
 
 def restore_state(step_dir: str | Path) -> dict:
@@ -37,3 +38,13 @@ def differing_leaves(a: dict, b: dict) -> list[str]:
 def read_losses(run_dir: str | Path) -> bytes:
   return (Path(run_dir) / "metrics.jsonl").read_bytes()
 
+
+def assert_same_run(a, b) -> None:
+  """Final state bitwise equal, and metrics.jsonl and trace.jsonl byte for byte."""
+  a, b = Path(a), Path(b)
+  comparison = verify.compare(a, b)
+  assert comparison.identical, verify.report(comparison)
+  final = max(int(p.name) for p in a.iterdir() if p.name.isdigit())
+  assert_bitwise_equal(restore_state(a / str(final)), restore_state(b / str(final)))
+  assert read_losses(a) == read_losses(b)
+  assert (a / "trace.jsonl").read_bytes() == (b / "trace.jsonl").read_bytes()

@@ -29,13 +29,11 @@ datasets = pytest.importorskip("datasets")
 
 import repro  # noqa: E402
 import source_tasks  # noqa: E402
-from bits import assert_bitwise_equal, read_losses, restore_state  # noqa: E402
+from bits import assert_same_run  # noqa: E402
 from conftest import flags_of, quiet  # noqa: E402
 from repro import Config, ReproError, Splits  # noqa: E402
 from repro.data import source as repro_source  # noqa: E402
 from repro.data import splits as splits_lib  # noqa: E402
-from repro.proof import verify  # noqa: E402
-from repro.train.stop import EXIT_STOPPED  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 BIN = TESTS.parent / "bin"
@@ -78,17 +76,6 @@ def runs(config):
   for form in FORMS:
     done[form] = quiet(config(form, form, data_path="host"))
   return done
-
-
-def assert_same_run(a, b) -> None:
-  """Final state bitwise equal, and metrics.jsonl and trace.jsonl byte for byte."""
-  a, b = Path(a), Path(b)
-  comparison = verify.compare(a, b)
-  assert comparison.identical, verify.report(comparison)
-  final = max(int(p.name) for p in a.iterdir() if p.name.isdigit())
-  assert_bitwise_equal(restore_state(a / str(final)), restore_state(b / str(final)))
-  assert read_losses(a) == read_losses(b)
-  assert (a / "trace.jsonl").read_bytes() == (b / "trace.jsonl").read_bytes()
 
 
 def manifest(run) -> dict:

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 import tiny_tasks
-from bits import assert_bitwise_equal, read_losses, restore_state
+from bits import assert_bitwise_equal, assert_same_run, read_losses, restore_state
 from conftest import TRAIN, flags_of, quiet
 from repro import Config, ReproError
 from repro.proof import verify
@@ -62,17 +62,6 @@ def tiny(idx_dir, tfds_dir, text, tmp_path_factory):
 def reference(tiny):
   """One uninterrupted run of each task."""
   return {name: quiet(tiny(name, f"{name}-reference")) for name in NAMES}
-
-
-def assert_same_run(a, b) -> None:
-  """Final state bitwise equal, and metrics.jsonl and trace.jsonl byte for byte."""
-  a, b = Path(a), Path(b)
-  comparison = verify.compare(a, b)
-  assert comparison.identical, verify.report(comparison)
-  final = max(int(p.name) for p in a.iterdir() if p.name.isdigit())
-  assert_bitwise_equal(restore_state(a / str(final)), restore_state(b / str(final)))
-  assert read_losses(a) == read_losses(b)
-  assert (a / "trace.jsonl").read_bytes() == (b / "trace.jsonl").read_bytes()
 
 
 @pytest.mark.parametrize("name", NAMES)
