@@ -194,3 +194,9 @@ def test_a_task_defined_in_the_calling_script_is_checked(tmp_path):
   assert out.returncode == 0, out.stdout + out.stderr
   assert "same run twice" in out.stdout and "resumed at step 2 vs straight" in out.stdout
   assert "reproducible here" in out.stdout
+
+
+def test_the_cpu_rows_compile_their_programs_themselves():
+  """As another machine would: a CPU row never loads an executable the base run compiled."""
+  ways, _, _ = checker.plan(Config(batch_size=16), STEPS, cpus=2, platform="cpu")
+  assert {"again", "one_cpu", "many_cpus"} <= {way.name for way in ways if way.own_cache}

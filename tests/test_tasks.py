@@ -150,8 +150,10 @@ def run_on_devices(configs: list, devices: int, directory: Path, env: dict | Non
 
 # One CPU (taskset), and a machine of 16 CPUs (NPROC=16, which XLA:CPU reads when
 # PJRT_NPROC is unset): repro fixes XLA:CPU's pool by the config, so neither changes a bit.
-MACHINES = {"1cpu": ({}, ("taskset", "-c", str(min(os.sched_getaffinity(0))))),
-            "16cpus": ({"NPROC": "16", "PJRT_NPROC": None}, ())}
+# Each compiles its programs itself, as another machine would, never loading the suite's.
+FRESH = {"JAX_ENABLE_COMPILATION_CACHE": "false"}
+MACHINES = {"1cpu": (FRESH, ("taskset", "-c", str(min(os.sched_getaffinity(0))))),
+            "16cpus": ({**FRESH, "NPROC": "16", "PJRT_NPROC": None}, ())}
 
 
 @pytest.fixture(scope="module")

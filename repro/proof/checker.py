@@ -130,10 +130,13 @@ ROWS = (  # the report's rows, in its order
         lambda s: (Way({"chunk_steps": s.other}),), CALL_COUNTER),
     Row("in_process", "second run in one process vs first",
         lambda s: (Way(s.plain, twice_in_process=True),), CALL_COUNTER),
-    Row("one_cpu", "1 CPU vs all {s.cpus}", lambda s: (Way(s.plain, cpus=1),), THREAD_POOL,
+    # Another machine compiles its programs itself: the CPU rows never load the base's.
+    Row("one_cpu", "1 CPU vs all {s.cpus}", lambda s: (Way(s.plain, cpus=1, own_cache=True),),
+        THREAD_POOL,
         unavailable=lambda s: "" if s.cpus > 1 else "this process may use only 1 CPU"),
     Row("many_cpus", "a 16-CPU machine (NPROC=16) vs this one",
-        lambda s: (Way(s.plain, env=(("NPROC", "16"), ("PJRT_NPROC", None))),), THREAD_POOL),
+        lambda s: (Way(s.plain, env=(("NPROC", "16"), ("PJRT_NPROC", None)), own_cache=True),),
+        THREAD_POOL),
     Row("micro", "--micro_shards={s.shards}: 1 device vs {s.shards}", _micro_ways,
         "a nondeterministic op across devices, or non-parameter state the micro-shards do not "
         "combine in a fixed order; or, on a CPU, XLA:CPU's thread pool: it has at least as "
