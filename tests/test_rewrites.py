@@ -152,9 +152,9 @@ CONVS = {  # input shape, kernel shape, arguments; each differentiated for both 
     "1d": ((8, 20, 4), (5, 4, 6), dict(window_strides=(1,), padding="SAME")),
     "3d": ((4, 6, 6, 6, 2), (3, 3, 3, 2, 4), dict(window_strides=(1, 1, 1), padding="SAME")),
 }
-# Gradients the rewrite leaves to XLA (element by element in a loop): a strided
-# convolution's input gradient dilates its input; a grouped one's kernel gradient has
-# batch groups.
+# Gradients the layout rewrite does not take: a strided convolution's input gradient
+# dilates its input (the DILATED rewrite's, tested below); a grouped one's kernel gradient
+# has batch groups (left to XLA, element by element in a loop).
 LEFT = {"2d-stride2": 0, "2d-groups": 1}
 
 
@@ -175,9 +175,11 @@ def test_a_convolutions_gradients_have_the_same_bits_in_the_canonical_layout(nam
   grads, args = _conv_gradients(name)
   with rewrites.recording() as applied:
     got = jax.jit(rewrites.fast(grads))(*args)
-  assert applied == {rewrites.CONV}
-  for a, b in zip(got, jax.jit(grads)(*args)):
-    np.testing.assert_array_equal(_bits(a), _bits(b))
+  assert applied == ({rewrites.CONV, rewrites.DILATED} if name == "2d-stride2" else
+                     {rewrites.CONV})
+  for i, (a, b) in enumerate(zip(got, jax.jit(grads)(*args))):
+    if name != "2d-stride2" or i != LEFT[name]:
+      np.testing.assert_array_equal(_bits(a), _bits(b))
   # In a loop, where XLA:CPU leaves other layouts to element-by-element sums, the
   # rewritten gradients are those of the loop-free program.
   in_loop = jax.jit(lambda *args: jax.lax.scan(
@@ -185,6 +187,55 @@ def test_a_convolutions_gradients_have_the_same_bits_in_the_canonical_layout(nam
   for i, (a, b) in enumerate(zip(in_loop, got)):
     if LEFT.get(name) != i:
       np.testing.assert_array_equal(_bits(a[1]), _bits(b))
+
+
+DILATED = {  # input shape, kernel shape, lhs_dilation, padding: a ConvTranspose's forward pass
+    "2d": ((4, 7, 7, 3), (3, 3, 3, 5), (2, 2), ((2, 1), (2, 1))),     # 3x3, stride 2, SAME
+    "2d-odd": ((2, 7, 9, 4), (4, 3, 4, 3), (3, 2), ((3, 3), (2, 2))),  # 4x3, stride 3x2, VALID
+    "2d-cropped": ((2, 6, 6, 2), (5, 5, 2, 2), (2, 2), ((-1, 0), (1, -2))),  # negative padding
+    "2d-sparse": ((2, 5, 5, 2), (2, 2, 2, 3), (4, 4), ((1, 1), (1, 1))),  # taps miss phases
+    "1d": ((4, 11, 3), (5, 3, 2), (3,), ((4, 4),)),
+    "3d": ((2, 4, 4, 4, 2), (3, 3, 3, 2, 2), (2, 2, 2), ((1, 1), (1, 1), (1, 1))),
+}
+
+
+def _input_dilations(fn, *args) -> set[tuple]:
+  """The lhs_dilation of every convolution that fn's jaxpr runs (calls included)."""
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "conv_general_dilated":
+        yield tuple(eqn.params["lhs_dilation"])
+      for inner in jax.extend.core.jaxprs_in_params(eqn.params):
+        yield from walk(inner)
+  return set(walk(jax.make_jaxpr(fn)(*args).jaxpr))
+
+
+@pytest.mark.parametrize("name", sorted(DILATED))
+def test_a_dilated_inputs_convolution_and_its_gradients_are_computed_by_phases(name):
+  """Not the primitive's bits (another order of additions), its values, and the same bits in
+  a loop as outside one."""
+  shape, kernel_shape, dilation, padding = DILATED[name]
+  letters = "DHW"[-(len(shape) - 2):]
+  specs = jax.lax.conv_dimension_numbers(shape, kernel_shape,
+                                         (f"N{letters}C", f"{letters}IO", f"N{letters}C"))
+  rs = np.random.default_rng(4)
+  x = jnp.asarray(rs.normal(size=shape).astype(np.float32))
+  kernel = jnp.asarray(rs.normal(size=kernel_shape).astype(np.float32))
+  conv = lambda x, k: jax.lax.conv_general_dilated(
+      x, k, (1,) * len(dilation), padding, lhs_dilation=dilation, dimension_numbers=specs)
+  value_and_grads = lambda x, k: (conv(x, k), jax.grad(lambda x, k: (conv(x, k) ** 2).sum(),
+                                                        argnums=(0, 1))(x, k))
+  with rewrites.recording() as applied:
+    got = jax.jit(rewrites.fast(value_and_grads))(x, kernel)
+  assert rewrites.DILATED in applied
+  assert _input_dilations(value_and_grads, x, kernel) != {(1,) * len(dilation)}
+  assert _input_dilations(rewrites.fast(value_and_grads), x, kernel) == {(1,) * len(dilation)}
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(jax.jit(value_and_grads)(x, kernel))):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * float(jnp.abs(b).max()))
+  in_loop = jax.jit(lambda x, k: jax.lax.scan(
+      lambda c, _: (c, rewrites.fast(value_and_grads)(x, k)), 0.0, None, length=2)[1])(x, kernel)
+  for a, b in zip(jax.tree.leaves(in_loop), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(_bits(a[1]), _bits(b))
 
 
 def _identity(tmp_path, name: str, task, **overrides) -> dict:
@@ -201,3 +252,42 @@ def test_a_scan_of_convolutions_records_the_layout_and_other_runs_do_not(tmp_pat
   assert identity.CONV_LAYOUT not in _identity(tmp_path, "step", MaxPoolTask(), program="step")
   assert identity.CONV_LAYOUT not in _identity(tmp_path, "no_conv", tiny_tasks.regression(),
                                                program="scan")
+
+
+class UpNet(nnx.Module):
+  """A strided convolution down and an nnx.ConvTranspose up, as an autoencoder's are."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.stem = nnx.Conv(1, 4, kernel_size=(3, 3), rngs=rngs)
+    self.down = nnx.Conv(4, 8, kernel_size=(3, 3), strides=(2, 2), rngs=rngs)
+    self.up = nnx.ConvTranspose(8, 4, kernel_size=(3, 3), strides=(2, 2), rngs=rngs)
+    self.head = nnx.Linear(4, 10, rngs=rngs)
+
+  def __call__(self, x):
+    x = self.up(nnx.relu(self.down(nnx.relu(self.stem(x)))))
+    return self.head(x.mean(axis=(1, 2)))
+
+
+@dataclasses.dataclass
+class UpTask(MaxPoolTask):
+  name = "up_cnn"
+
+  def model(self, rngs):
+    return UpNet(rngs)
+
+
+def test_a_dilated_inputs_convolutions_are_recorded_in_every_program(tmp_path):
+  """They have other bits than the primitive's, in a loop or not: every run with them says so,
+  and a checkpoint without the record is refused, naming it."""
+  for program in ("step", "scan"):
+    found = _identity(tmp_path, program, UpTask(), program=program)
+    assert found[identity.DILATED_CONV] == rewrites.DILATED_SCHEME
+  assert identity.DILATED_CONV not in _identity(tmp_path, "pool", MaxPoolTask(), program="step")
+  manifest = tmp_path / "step" / "2" / "manifest" / "metadata"
+  recorded = json.loads(manifest.read_text())
+  del recorded["identity"][identity.DILATED_CONV]  # as a checkpoint of an earlier version
+  manifest.write_text(json.dumps(recorded))
+  config = repro.Config(output=str(tmp_path / "step"), batch_size=16, max_steps=4,
+                        checkpoint_every=2, progress=False, program="step")
+  with pytest.raises(repro.ReproError, match=identity.DILATED_CONV):
+    repro.run(config, task=UpTask(), log=lambda _: None)

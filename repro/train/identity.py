@@ -51,10 +51,12 @@ _COSINE_FIELDS = ("epochs",)
 _PLATEAU_FIELDS = ("plateau_patience", "plateau_factor")
 _STEERING_FIELDS = ("eval_every", "monitor", "patience")
 # Keys the identity adds beside the config's fields and the task's options.
-ARCHITECTURE, SHUFFLE, RNG_STREAMS, DATA, MODULE_RNGS, CONV_LAYOUT = (
-    "architecture", "shuffle", "rng_streams", "data_fingerprint", "module_rngs", "conv_layout")
+ARCHITECTURE, SHUFFLE, RNG_STREAMS, DATA, MODULE_RNGS, CONV_LAYOUT, DILATED_CONV = (
+    "architecture", "shuffle", "rng_streams", "data_fingerprint", "module_rngs", "conv_layout",
+    "dilated_conv")
 INIT_FROM = "init_from"  # the Config field's name: the source, not its path, decides the bits
-ADDED_KEYS = (ARCHITECTURE, SHUFFLE, RNG_STREAMS, DATA, MODULE_RNGS, INIT_FROM, CONV_LAYOUT)
+ADDED_KEYS = (ARCHITECTURE, SHUFFLE, RNG_STREAMS, DATA, MODULE_RNGS, INIT_FROM, CONV_LAYOUT,
+              DILATED_CONV)
 # Platform facts (repro.machine.environment.platform_info) that decide the bits; the
 # topology keys do so only outside the topology-invariant mode (micro_shards).
 PLATFORM_KEYS = ("system", "machine", "backend", "device_kind", "cpu_features", "xla_cpu_pool",
@@ -114,6 +116,8 @@ def of(config: Config, task: Task, data_fingerprints: dict[str, str],
     found[INIT_FROM] = init
   if rewrites.CONV in rewritten and config.program == "scan":  # bits of a loop's convolutions
     found[CONV_LAYOUT] = rewrites.CONV_SCHEME
+  if rewrites.DILATED in rewritten:  # bits of a dilated input's convolutions, in any program
+    found[DILATED_CONV] = rewrites.DILATED_SCHEME
   return found
 
 

@@ -22,6 +22,17 @@ the primitive it replaces (tests/test_rewrites.py):
   in a scan and 3.3 ms rewritten. There the rewrite changes the bits (from
   the element-by-element sums to Eigen's), so a scan run with it records
   CONV_SCHEME in its identity (repro.train.identity).
+- DILATED: a convolution whose input is dilated (lhs_dilation > 1): a strided
+  convolution's input gradient, an nnx.ConvTranspose and its kernel gradient.
+  XLA:CPU runs their kernel and input gradients element by element, in a loop
+  or not (measured, batch 64: a 3x3 stride-2 ConvTranspose's kernel gradient
+  38.6 ms, a 5x5 stride-2 convolution's input gradient 60.8 ms). Output
+  position o receives only the kernel taps that land on input elements, the
+  same taps for every o of one phase (o mod the dilation): so each phase is an
+  undilated convolution of the input with every d-th tap, in Eigen's layout
+  (7.2 and 4.2 ms), and the phases interleave into the output. It sums in
+  Eigen's order, not the primitive's: other bits, in every program, so a run
+  with it records DILATED_SCHEME in its identity.
 
 Equal bits of one operation are not enough: XLA fuses new operations with
 their neighbours, and a fused neighbour may then round differently (measured:
@@ -40,8 +51,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core
 
-MAX_POOL, CONV = "max_pool_gradient", "conv_layout"
+MAX_POOL, CONV, DILATED = "max_pool_gradient", "conv_layout", "dilated_conv"
 CONV_SCHEME = "a loop's convolutions in Eigen's layout (repro.train.rewrites)"
+DILATED_SCHEME = ("a dilated input's convolution as one undilated convolution per phase, "
+                  "in Eigen's layout (repro.train.rewrites)")
 _CALLS = ("jit", "pjit", "closed_call", "core_call")
 _applied: contextvars.ContextVar[set | None] = contextvars.ContextVar("applied", default=None)
 
@@ -88,6 +101,8 @@ def _targets(jaxpr) -> set[str]:
 def _rewrite_of(eqn) -> tuple[str, Callable] | None:
   """(name, replacement) for this equation, or None where it runs as it is."""
   if eqn.primitive.name == "conv_general_dilated":
+    if any(d != 1 for d in eqn.params["lhs_dilation"]):
+      return _phased_conv(eqn.params)
     return _canonical_conv(eqn.params)
   if eqn.primitive.name == "select_and_scatter_add":
     return _scatter_to_first_max(eqn.params)
@@ -160,21 +175,71 @@ def canonical_specs(spatial: int) -> jax.lax.ConvDimensionNumbers:
 
 def _canonical_conv(params: dict) -> tuple[str, Callable] | None:
   """A convolution in another layout as the canonical one between transposes; None if it
-  is canonical already or not one Eigen runs (a dilated input, batch groups)."""
+  is canonical already or not one Eigen runs (batch groups)."""
   specs = params["dimension_numbers"]
   spatial = len(specs.lhs_spec) - 2
-  if (specs == canonical_specs(spatial) or params["batch_group_count"] != 1
-      or any(d != 1 for d in params["lhs_dilation"])):
+  if specs == canonical_specs(spatial) or params["batch_group_count"] != 1:
     return None
+  to_input, to_kernel, back = _in_canonical_layout(specs)
+  canonical = {**params, "dimension_numbers": canonical_specs(spatial)}
+  return CONV, lambda x, kernel: back(jax.lax.conv_general_dilated_p.bind(
+      to_input(x), to_kernel(kernel), **canonical))
+
+def _in_canonical_layout(specs) -> tuple[Callable, Callable, Callable]:
+  """(input to NHWC, kernel to HWIO, NHWC output back to `specs`' layout) of a convolution."""
   lhs, rhs, out = specs
   lhs_order = (lhs[0],) + tuple(lhs[2:]) + (lhs[1],)
   rhs_order = tuple(rhs[2:]) + (rhs[1], rhs[0])
   out_order = tuple(np.argsort((out[0],) + tuple(out[2:]) + (out[1],)))
-  canonical = {**params, "dimension_numbers": canonical_specs(spatial)}
+  return (lambda x: jnp.transpose(x, lhs_order), lambda k: jnp.transpose(k, rhs_order),
+          lambda y: jnp.transpose(y, out_order))
 
-  def conv(x, kernel):
-    y = jax.lax.conv_general_dilated_p.bind(jnp.transpose(x, lhs_order),
-                                            jnp.transpose(kernel, rhs_order), **canonical)
-    return jnp.transpose(y, out_order)
 
-  return CONV, conv
+def _phased_conv(params: dict) -> tuple[str, Callable] | None:
+  """A convolution of a dilated input as its phases' undilated ones; None where the window
+  is strided, the kernel dilated or the channels grouped (left as they are)."""
+  if (any(s != 1 for s in params["window_strides"]) or any(d != 1 for d in params["rhs_dilation"])
+      or params["feature_group_count"] != 1 or params["batch_group_count"] != 1):
+    return None
+  to_input, to_kernel, back = _in_canonical_layout(params["dimension_numbers"])
+  return DILATED, lambda x, kernel: back(phased_conv(to_input(x), to_kernel(kernel), params))
+
+
+def _phase(j: int, d: int, low: int, size: int, taps: int, outputs: int) -> tuple[int, ...]:
+  """Output positions j, j + d, ... of one spatial dimension: (their first kernel tap, how
+  many taps they take, how many of them there are, the input's padding low and high)."""
+  first = (low - j) % d  # the taps landing on input elements: first, first + d, ...
+  used, count = -(-(taps - first) // d), -(-(outputs - j) // d)
+  start = (j + first - low) // d  # the input element that tap `first` of position j meets
+  return first, max(used, 0), max(count, 0), -start, start + count + used - 1 - size
+
+
+def phased_conv(x: jax.Array, kernel: jax.Array, params: dict) -> jax.Array:
+  """conv_general_dilated(x, kernel, **params) for NHWC x and HWIO kernel whose input is
+  dilated (params["lhs_dilation"]), with unit window strides: an NHWC result."""
+  n, d = x.ndim - 2, params["lhs_dilation"]
+  sizes, taps = x.shape[1:-1], kernel.shape[:n]
+  outputs = [(s - 1) * dd + lo + hi - t + 2
+             for s, dd, (lo, hi), t in zip(sizes, d, params["padding"], taps)]
+  tiles = [-(-o // dd) for o, dd in zip(outputs, d)]
+  plain = {**params, "window_strides": (1,) * n, "padding": ((0, 0),) * n,
+           "lhs_dilation": (1,) * n, "dimension_numbers": canonical_specs(n)}
+  dtype = params["preferred_element_type"] or x.dtype
+  pieces = []
+  for js in np.ndindex(*d):
+    phases = [_phase(*args) for args in zip(js, d, (lo for lo, _ in params["padding"]),
+                                                 sizes, taps, outputs)]
+    if all(used and count for _, used, count, _, _ in phases):
+      padded = jax.lax.pad(x, jnp.zeros((), x.dtype),
+                           [(0, 0, 0)] + [(lo, hi, 0) for *_, lo, hi in phases] + [(0, 0, 0)])
+      every_dth = kernel[tuple(slice(first, None, dd) for (first, *_), dd in zip(phases, d))]
+      y = jax.lax.conv_general_dilated_p.bind(padded, every_dth, **plain)
+    else:  # no tap lands on the input
+      y = jnp.zeros((x.shape[0], *(count for _, _, count, _, _ in phases), kernel.shape[-1]),
+                    dtype)
+    pieces.append(jnp.pad(y, [(0, 0)] + [(0, t - c) for t, c in zip(tiles, y.shape[1:-1])]
+                          + [(0, 0)]))
+  y = jnp.stack(pieces, axis=-1).reshape(pieces[0].shape + tuple(d))  # N, tiles, O, phases
+  y = jnp.transpose(y, [0, *(v for i in range(n) for v in (1 + i, n + 2 + i)), n + 1])
+  y = y.reshape((x.shape[0], *(t * dd for t, dd in zip(tiles, d)), kernel.shape[-1]))
+  return y[(slice(None), *(slice(0, o) for o in outputs))]
