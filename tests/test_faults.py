@@ -438,3 +438,47 @@ def test_a_signal_from_the_first_moment_is_one_line_and_exit_75(sig, delay, tmp_
   lines = [line for line in (out + err).splitlines() if line.startswith("stopped: ")]
   assert len(lines) == 1 and sig.name in lines[0], out + err
   assert len(err.strip().splitlines()) <= 1, err
+
+
+def training_children(pid: int) -> list[int]:
+  """The runs `pid` started (repro.proof.check_run processes, from Linux's /proc)."""
+  found = []
+  for task in Path(f"/proc/{pid}/task").iterdir():
+    for child in (task / "children").read_text().split():
+      try:
+        if b"check_run" in Path(f"/proc/{child}/cmdline").read_bytes():
+          found.append(int(child))
+      except OSError:
+        pass  # ended meanwhile
+  return found
+
+
+@pytest.mark.parametrize("binary, sig, moment", [
+    ("eval", signal.SIGINT, 0.2), ("export", signal.SIGTERM, 1.0), ("verify", signal.SIGINT, 0.5),
+    ("check", signal.SIGTERM, "training")])
+def test_every_binary_stopped_by_a_signal_says_so_in_one_line_and_leaves_no_process(
+    reference, small, binary, sig, moment, tmp_path):
+  """A signal to bin/eval, bin/export, ... while it imports, reads or trains: one line and exit
+  75, never a traceback or a bare 143; the scratch runs of a proof are killed with it."""
+  run = reference.output
+  args = {"eval": [run, "--json"], "export": [run, f"--out={tmp_path / 'export'}"],
+          "verify": [run, run],
+          "check": [*flags_of(small("c")), "--check_steps=4", "--check_pairs=again"]}[binary]
+  proc = subprocess.Popen([sys.executable, str(TRAIN.parent / binary), *map(str, args)],
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  started = []
+  if moment == "training":  # once its fresh processes train
+    deadline = time.time() + 120
+    while not started and time.time() < deadline and proc.poll() is None:
+      time.sleep(0.1)
+      started = training_children(proc.pid)
+    assert started, proc.communicate()
+  else:
+    time.sleep(moment)
+  proc.send_signal(sig)
+  code, out, err = finish(proc)
+  assert code == EXIT_STOPPED and err == f"stopped: {sig.name} before bin/{binary} finished: " \
+      f"rerun the same command\n", (code, out, err)
+  for pid in started:
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()

@@ -23,6 +23,7 @@ be changed: ensure() refuses with one line instead of training other bits.
 from __future__ import annotations
 
 import os
+import sys
 
 from repro.errors import ReproError
 
@@ -52,6 +53,8 @@ def pool_size(cpu_threads: int, micro_shards: int = 0) -> int:
 
 def started() -> bool:
   """Whether a JAX backend has started in this process (its pool is then fixed)."""
+  if "jax" not in sys.modules:  # not even imported (and `import repro` does not import it)
+    return False
   from jax._src import xla_bridge  # JAX has no public test for it
   return xla_bridge.backends_are_initialized()
 

@@ -18,8 +18,6 @@ import re
 import subprocess
 from pathlib import Path
 
-import jax
-
 from repro.machine import backend
 
 # XLA flags that decide the bits; set before a backend starts.
@@ -105,6 +103,7 @@ def enable_compilation_cache() -> str:
   bits: it is the same executable, keyed by JAX on versions, flags and device.
   Default location: $JAX_COMPILATION_CACHE_DIR, else ~/.cache/repro/jax.
   """
+  import jax  # here, not at import: `import repro` imports no JAX (repro/__init__.py)
   if not jax.config.jax_compilation_cache_dir:
     path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.expanduser(
         "~/.cache/repro/jax")
@@ -137,6 +136,7 @@ def cpu_info() -> dict[str, object]:
 
 def platform_info(devices_used: int = 1) -> dict[str, object]:
   """The platform; devices_used is the size of the run's data-parallel mesh."""
+  import jax
   devices = jax.devices()
   return {
       "system": platform.system(),
