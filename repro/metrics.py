@@ -6,7 +6,7 @@ trace.jsonl    {"step", "loss", "batch", "params"}: fingerprints of the batch
                indices and of the parameters after each step, and a step-0
                line for the initial parameters; bin/verify finds the first
                step where two runs diverge from them.
-events.jsonl   the run's history, never cut back: start, resume, checkpoint
+events.jsonl   the run's history, never cut back: start, resume, checkpoint, discarded
                and stop events (bin/plot marks them).
 timings.jsonl  each chunk's wall time and ms a step, never cut back (speed
                only: it is the one log that differs between equal runs).

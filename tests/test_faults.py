@@ -115,6 +115,20 @@ def test_a_run_whose_only_checkpoint_was_half_written_says_so_and_starts_fresh(r
           "finalized steps are kept") in messages
   assert result.resumed_from is None
   assert_matches(reference, result)
+  assert_history_drops(config.output, 10, "half-written")
+
+
+def assert_history_drops(output: str, step: int, why: str) -> None:
+  """events.jsonl records the dropped checkpoint after its save; bin/plot marks it only once
+  saved again (by the rerun) or not at all."""
+  from repro import metrics
+  from repro.cli import plot
+  events = metrics.read(Path(output) / metrics.EVENTS_FILENAME)
+  dropped = [i for i, e in enumerate(events) if e["event"] == "discarded" and e["step"] == step]
+  saved = [i for i, e in enumerate(events) if e["event"] == "checkpoint" and e["step"] == step]
+  assert len(dropped) == 1 and events[dropped[0]]["why"].startswith(why), events
+  assert saved and saved[0] < dropped[0], events
+  assert (step in plot._checkpoints(events)) == (saved[-1] > dropped[0])
 
 
 def test_an_io_error_while_restoring_is_one_line_exit_74_and_renames_nothing(small,
@@ -181,6 +195,7 @@ def test_corrupt_latest_checkpoint_is_named_set_aside_and_the_previous_one_used(
   assert result.resumed_from == 30
   assert (Path(config.output) / "corrupt-31").is_dir()
   assert_matches(reference, result)
+  assert_history_drops(config.output, 31, "corrupt")
 
 
 def test_a_checkpoint_of_another_architecture_is_refused(small):

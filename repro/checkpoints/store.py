@@ -70,6 +70,7 @@ class Store:
     else:
       retention = dict(max_to_keep=max_to_keep)
     self._writing: int | None = None  # the step whose save may still be in flight
+    self.set_aside_steps: list[int] = []  # damaged steps renamed corrupt-<step> (set_aside)
     # Half-written steps (<step>.orbax-checkpoint-tmp*, left by a crash or a
     # SIGKILL mid-write) are never listed as steps; the manager removes them.
     self.discarded = sorted({int(p.name.split(".")[0]) for p in self.directory.glob(
@@ -98,6 +99,7 @@ class Store:
             f"{os_cause(err)}; nothing was changed: fix the cause and rerun the same "
             f"command") from None
     parallel.barrier(f"repro-set-aside-{step}")
+    self.set_aside_steps.append(step)
     self.manager.reload()
     return target
 

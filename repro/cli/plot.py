@@ -23,6 +23,17 @@ def validation_metric(run_dir: Path, records: list[dict]) -> str | None:
   return next((m for m in (monitor, "val_accuracy", "val_loss") if m in logged), None)
 
 
+def _checkpoints(events: list[dict]) -> list[int]:
+  """The steps saved and not discarded since (a half-written or a damaged one), in order."""
+  kept: set[int] = set()
+  for event in events:
+    if event.get("event") == "checkpoint":
+      kept.add(event["step"])
+    elif event.get("event") == "discarded":
+      kept.discard(event["step"])
+  return sorted(kept)
+
+
 def _series(run_dir: Path) -> dict:
   records = metrics.read(run_dir / metrics.FILENAME)
   events = metrics.read(run_dir / metrics.EVENTS_FILENAME)
@@ -31,7 +42,7 @@ def _series(run_dir: Path) -> dict:
       "loss": [(r["step"], r["loss"]) for r in records if "loss" in r],
       "metric": metric,
       "validation": [(r["step"], r[metric]) for r in records if metric in r],
-      "checkpoints": sorted({e["step"] for e in events if e.get("event") == "checkpoint"}),
+      "checkpoints": _checkpoints(events),
       "resumes": sorted({e["step"] for e in events if e.get("event") == "resume"}),
   }
 
