@@ -6,40 +6,43 @@ from repro.machine import environment as _environment
 _backend.prepare_at_import()  # first: it notes what a backend already running started with
 _environment.set_determinism_flags()  # before any JAX backend starts
 
-import importlib as _importlib
+from typing import TYPE_CHECKING
 
-# The public API, imported when first used (PEP 562): `import repro` itself imports neither
-# JAX nor Flax, so a binary installs its signal handlers (repro.cli.stopping) before the
-# seconds of imports that a Ctrl-C would otherwise interrupt with a traceback, and pays
-# only for the modules it needs.
+from repro import _lazy
+
+# The public API, imported when first used (repro/_lazy.py: `import repro` imports no JAX).
 _PUBLIC = {
-    "Config": "repro.config", "Evaluation": "repro.model.evaluation", "Hook":
-    "repro.train.runstate", "ReproError": "repro.errors", "Result": "repro.runner",
-    "RunState": "repro.train.runstate", "Splits": "repro.task", "StepInfo":
-    "repro.train.runstate", "Task": "repro.task", "Trained": "repro.model.trained",
-    "audit": "repro.proof.audits", "augmented": "repro.proof.replays", "check":
-    "repro.proof.checker", "evaluate": "repro.model.evaluation", "export":
-    "repro.model.exports", "load": "repro.model.trained", "replay": "repro.proof.replays",
-    "run": "repro.runner"}
-_SUBMODULES = ("golden", "source", "testing")  # repro.golden.record / check, ...
-_SUBPACKAGES = ("checkpoints", "cli", "data", "machine", "model", "proof", "tasks", "train")
+    "Config": "repro.config:Config", "Evaluation": "repro.model.evaluation:Evaluation",
+    "Hook": "repro.train.runstate:Hook", "ReproError": "repro.errors:ReproError",
+    "Result": "repro.runner:Result", "RunState": "repro.train.runstate:RunState",
+    "Splits": "repro.task:Splits", "StepInfo": "repro.train.runstate:StepInfo",
+    "Task": "repro.task:Task", "Trained": "repro.model.trained:Trained",
+    "audit": "repro.proof.audits:audit", "augmented": "repro.proof.replays:augmented",
+    "check": "repro.proof.checker:check", "evaluate": "repro.model.evaluation:evaluate",
+    "export": "repro.model.exports:export", "load": "repro.model.trained:load",
+    "replay": "repro.proof.replays:replay", "run": "repro.runner:run",
+    "golden": "repro.golden", "source": "repro.data.source", "testing": "repro.testing"}
+__getattr__ = _lazy.attributes(__name__, _PUBLIC)
 
-
-def __getattr__(name: str):
-  if name in _PUBLIC:
-    value = getattr(_importlib.import_module(_PUBLIC[name]), name)
-  elif name in _SUBMODULES or name in _SUBPACKAGES:
-    value = _importlib.import_module(
-        "repro.data.source" if name == "source" else f"repro.{name}")
-  else:
-    raise AttributeError(f"module 'repro' has no attribute {name!r}")
-  globals()[name] = value
-  return value
+if TYPE_CHECKING:  # what type checkers and editors see: the same names
+  from repro import golden, testing  # noqa: F401
+  from repro.config import Config  # noqa: F401
+  from repro.data import source  # noqa: F401
+  from repro.errors import ReproError  # noqa: F401
+  from repro.model.evaluation import Evaluation, evaluate  # noqa: F401
+  from repro.model.exports import export  # noqa: F401
+  from repro.model.trained import Trained, load  # noqa: F401
+  from repro.proof.audits import audit  # noqa: F401
+  from repro.proof.checker import check  # noqa: F401
+  from repro.proof.replays import augmented, replay  # noqa: F401
+  from repro.runner import Result, run  # noqa: F401
+  from repro.task import Splits, Task  # noqa: F401
+  from repro.train.runstate import Hook, RunState, StepInfo  # noqa: F401
 
 
 def __dir__() -> list[str]:
   return sorted(set(globals()) | set(__all__))
 
 
-__all__ = sorted([*_PUBLIC, "golden", "source", "testing"])
+__all__ = sorted(_PUBLIC)
 __version__ = "0.1.0"

@@ -2,7 +2,7 @@
 module imports itself back through others.
 
 Layers, lowest first (a module may import its own layer and those below):
-errors; the user's vocabulary (task, metrics); the machine; the config; data;
+errors and the lazy imports every package uses (_lazy); the user's vocabulary (task, metrics); the machine; the config; data;
 checkpoint storage; training; the run's assembly (runner) and the example
 tasks; the trained model; the proofs; the command line; the package's public
 face (repro/__init__.py, and the public modules repro.golden and repro.testing).
@@ -18,7 +18,7 @@ import pytest
 pytestmark = pytest.mark.quick
 
 PACKAGE = Path(__file__).resolve().parent.parent / "repro"
-LAYERS = (("repro.errors",), ("repro.task", "repro.metrics"), ("repro.machine",),
+LAYERS = (("repro.errors", "repro._lazy"), ("repro.task", "repro.metrics"), ("repro.machine",),
           ("repro.config",), ("repro.data",), ("repro.checkpoints",), ("repro.train",),
           ("repro.runner", "repro.tasks"), ("repro.model",), ("repro.proof",), ("repro.cli",),
           ("repro", "repro.golden", "repro.testing"))
@@ -92,3 +92,19 @@ def test_no_function_is_longer_than_60_lines():
           if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
           and node.end_lineno - node.lineno + 1 > 60]
   assert long == []
+
+
+def test_import_repro_imports_no_jax_and_every_dotted_path_works():
+  """`import repro` is light (the binaries' signal handlers come first), and a bare
+  `import repro` reaches everything the docs name, as if all had been imported."""
+  import subprocess
+  import sys
+  code = ("import sys, repro; assert 'jax' not in sys.modules\n"
+          "repro.proof.verify.compare, repro.proof.checker.format_report, repro.config.Config\n"
+          "repro.data.source.Arrays, repro.data.datasets.tfds_split, repro.train.identity.of\n"
+          "assert repro.Config is repro.config.Config and repro.source is repro.data.source\n"
+          "assert not hasattr(repro, 'nothing') and not hasattr(repro.proof, 'nothing')\n"
+          "assert {'run', 'load', 'check', 'Task', 'golden'} <= set(dir(repro))")
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        cwd=PACKAGE.parent, timeout=120)
+  assert done.returncode == 0, done.stderr

@@ -2,3 +2,7 @@
 directory's lock (lock), and reading what a run or an export stored (stored).
 Imports nothing of train, model, proof or cli.
 """
+
+from repro import _lazy
+
+__getattr__ = _lazy.attributes(__name__)  # its modules, imported when first used

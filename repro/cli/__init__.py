@@ -3,3 +3,7 @@ audit, replay), each with define_flags() and main(argv), over what they share (c
 absl parser, flags -> Config, one-line errors) and a task's options (task_options).
 Imports any layer below it; nothing imports it.
 """
+
+from repro import _lazy
+
+__getattr__ = _lazy.attributes(__name__)  # its modules, imported when first used

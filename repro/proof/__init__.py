@@ -2,3 +2,7 @@
 audits and replays of stored steps (audits, replays) and a model's lineage (lineage).
 Imports nothing of cli.
 """
+
+from repro import _lazy
+
+__getattr__ = _lazy.attributes(__name__)  # its modules, imported when first used

@@ -7,3 +7,7 @@ regression  an MLP regression on NumPy arrays passed in from Python
 """
 
 from repro.task import DEFAULT_TASK as DEFAULT  # what --task means when it is not given
+
+from repro import _lazy
+
+__getattr__ = _lazy.attributes(__name__)  # its modules, imported when first used

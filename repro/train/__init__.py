@@ -3,3 +3,7 @@
 (trainer, runstate, schedule, control, components, stop) and resuming (resume, manifest).
 Imports nothing of model, proof or cli.
 """
+
+from repro import _lazy
+
+__getattr__ = _lazy.attributes(__name__)  # its modules, imported when first used
