@@ -437,6 +437,20 @@ def test_allow_nonfinite_trains_on_with_one_warning_and_no_third_party_noise(tmp
   assert result.stderr == ""  # nothing from tensorboardX ("NaN or Inf found"), absl or Orbax
 
 
+def when_caught(proc: subprocess.Popen, sig: signal.Signals, timeout: float = 30) -> None:
+  """Blocks until `proc` catches `sig` (its handler is installed: the binary's first line;
+  before that, Python itself starts, which on a loaded machine takes a moment)."""
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    status = Path(f"/proc/{proc.pid}/status").read_text()
+    caught = int(next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+                 .split()[1], 16)
+    if caught >> (sig - 1) & 1:
+      return
+    time.sleep(0.005)
+  raise AssertionError(f"{sig.name} was never caught: {proc.communicate()}")
+
+
 @pytest.mark.parametrize("sig, delay", [(signal.SIGTERM, 0.2), (signal.SIGTERM, 1.0),
                                         (signal.SIGINT, 1.0), (signal.SIGTERM, 2.5)])
 def test_a_signal_from_the_first_moment_is_one_line_and_exit_75(sig, delay, tmp_path):
@@ -446,6 +460,7 @@ def test_a_signal_from_the_first_moment_is_one_line_and_exit_75(sig, delay, tmp_
                            "--epochs=100000", "--noprogress", f"--output={tmp_path / 'run'}"],
                           env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
+  when_caught(proc, sig)
   time.sleep(delay)
   proc.send_signal(sig)
   code, out, err = finish(proc)
@@ -474,14 +489,16 @@ def training_children(pid: int) -> list[int]:
 def test_every_binary_stopped_by_a_signal_says_so_in_one_line_and_leaves_no_process(
     reference, small, binary, sig, moment, tmp_path):
   """A signal to bin/eval, bin/export, ... while it imports, reads or trains: one line and exit
-  75, never a traceback or a bare 143; the scratch runs of a proof are killed with it."""
+  75, never a traceback or a bare 143; a proof's scratch runs are killed and removed with it."""
   run = reference.output
   args = {"eval": [run, "--json"], "export": [run, f"--out={tmp_path / 'export'}"],
           "verify": [run, run],
           "check": [*flags_of(small("c")), "--check_steps=4", "--check_pairs=again"]}[binary]
+  scratch = tmp_path / "tmp"  # where a proof's scratch runs go
+  scratch.mkdir()
   proc = subprocess.Popen([sys.executable, str(TRAIN.parent / binary), *map(str, args)],
-                          env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+                          env=dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=str(scratch)),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   started = []
   if moment == "training":  # once its fresh processes train
     deadline = time.time() + 120
@@ -490,6 +507,7 @@ def test_every_binary_stopped_by_a_signal_says_so_in_one_line_and_leaves_no_proc
       started = training_children(proc.pid)
     assert started, proc.communicate()
   else:
+    when_caught(proc, sig)
     time.sleep(moment)
   proc.send_signal(sig)
   code, out, err = finish(proc)
@@ -497,3 +515,4 @@ def test_every_binary_stopped_by_a_signal_says_so_in_one_line_and_leaves_no_proc
       f"rerun the same command\n", (code, out, err)
   for pid in started:
     assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+  assert not [p for p in scratch.iterdir() if p.name.startswith("repro-")]  # removed with them

@@ -3,9 +3,10 @@
 Each binary installs this first, before the imports a signal would otherwise interrupt
 (`import repro` imports no JAX: the handlers are in place within milliseconds of the
 start). A SIGTERM or SIGINT while it imports, reads, compiles, evaluates or writes then
-ends it at once with one line on stderr and exit 75: never a KeyboardInterrupt traceback,
-never a bare 143. The fresh processes a proof started (bin/check, bin/audit, bin/replay
-train scratch runs) are killed with it. While bin/train trains, repro.train.stop's handler
+ends it with one line on stderr and exit 75, as soon as Python runs again (a compilation
+in XLA's C++ finishes first): never a KeyboardInterrupt traceback, never a bare 143. The runs a proof trains in fresh processes (bin/check, bin/audit,
+bin/replay, bin/golden) are killed with it and their scratch directories removed
+(repro.proof.processes.stop_all). While bin/train trains, repro.train.stop's handler
 takes over and stops the run at a chunk boundary with a checkpoint.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 from repro.train.stop import EXIT_STOPPED
 
@@ -27,7 +29,7 @@ def install(binary: str) -> None:
 
   def stopped(signum, frame):
     del frame
-    _kill_children()
+    _end_proofs()
     os.write(2, f"stopped: {signal.Signals(signum).name} {message}\n".encode())
     os._exit(EXIT_STOPPED)  # at once: imports and threads may be anywhere
 
@@ -35,20 +37,8 @@ def install(binary: str) -> None:
     signal.signal(signum, stopped)
 
 
-def _kill_children() -> None:
-  """SIGKILL to the processes this one started (Linux's /proc lists them): scratch runs."""
-  try:
-    tasks = os.listdir("/proc/self/task")
-  except OSError:
-    return
-  for task in tasks:
-    try:
-      with open(f"/proc/self/task/{task}/children") as f:
-        children = [int(pid) for pid in f.read().split()]
-    except (OSError, ValueError):
-      continue
-    for pid in children:
-      try:
-        os.kill(pid, signal.SIGKILL)
-      except OSError:
-        pass  # gone already
+def _end_proofs() -> None:
+  """The proofs' runs in flight killed, their scratch directories removed (if any ran)."""
+  processes = sys.modules.get("repro.proof.processes")  # loaded only where a proof runs
+  if processes is not None:
+    processes.stop_all()

@@ -20,8 +20,6 @@ import concurrent.futures
 import dataclasses
 import json
 import shutil
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -157,8 +155,8 @@ def audit(run: str | Path, links: int | None = None, from_start: bool = False, j
   if task is None:
     task = task_lib.recorded(config)
   log(f"auditing {run}: {rule} ({', '.join(f'{a} -> {b}' for a, b in pairs)})")
-  with tempfile.TemporaryDirectory(prefix="repro-audit-") as root:
-    found = _train_links(run, pairs, task, config, Path(root), jobs)
+  with processes.scratch("repro-audit-") as root:
+    found = _train_links(run, pairs, task, config, root, jobs)
   result = Audit(run=str(run), steps=steps, rule=rule, links=found, problems=problems,
                  scope=_scope(manifest), seconds=round(time.perf_counter() - start_time, 1))
   out.parent.mkdir(parents=True, exist_ok=True)
@@ -194,9 +192,8 @@ def train_fresh(config: Config, root: Path, name: str, devices: int, main: str |
   config_file = root / f"{name}.json"
   config_file.write_text(json.dumps(config.replace(progress=False).to_dict()))
   way = processes.Way(devices=devices if devices > 1 else 0)
-  done = subprocess.run(processes.command(root / "task.json", config_file, main=main),
-                        env=processes.process_env(way, root / "cache"), capture_output=True,
-                        text=True)
+  done = processes.train_process(processes.command(root / "task.json", config_file, main=main),
+                                 processes.process_env(way, root / "cache"))
   if done.returncode == 0:
     return ""
   last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]

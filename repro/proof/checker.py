@@ -1,7 +1,7 @@
 """Is a task reproducible on this machine? Pairs of short runs in fresh processes, bit for bit.
 
 check(config, task) trains the task for a few steps (default 20) several ways,
-each in a fresh process with its own empty compilation cache, and compares
+each in a fresh process compiling into a cache of the check's own, and compares
 pairs of them with repro.proof.verify: the same run twice; resumed midway vs
 straight through; another --chunk_steps; one CPU vs all of them (pinned by
 CPU affinity, as `taskset -c` does); a machine of 16 CPUs (NPROC=16, which
@@ -19,13 +19,10 @@ plan, the report, the run count and the cause rules all read it. Each run is
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
-import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -201,9 +198,10 @@ def plan(config: Config, steps: int, cpus: int, platform: str,
 
   only: the rows to run, by name (PAIRS); the others are left out of the report.
   The ways share a compilation cache, except 'again', whose own compilations
-  must agree with base's. (Sharing hides nothing else: an executable cached by
-  a 2-CPU run gives a 1-CPU run the 1-CPU bits, measured; XLA:CPU splits the
-  work when it runs, not when it compiles.)
+  must agree with base's, and the CPU rows, which compile as another machine
+  would. (An executable cached by a 2-CPU run was measured to give a 1-CPU run
+  the 1-CPU bits, as XLA:CPU splits the work when it runs; compiling there too
+  leaves the row nothing to take on trust.)
   """
   shards = config.micro_shards or next((m for m in (4, 2) if config.batch_size % m == 0), 0)
   shape = Shape(steps, cpus, platform, shards)
@@ -343,9 +341,9 @@ def check(config: Config, task: task_lib.Task | None = None, *, steps: int = 20,
   ways, compared, skipped = plan(config, steps, len(os.sched_getaffinity(0)),
                                  jax.default_backend(), tuple(dict.fromkeys(pairs)))
   start = time.perf_counter()
-  root = Path(workdir).absolute() if workdir else Path(tempfile.mkdtemp(prefix="repro-check-"))
-  root.mkdir(parents=True, exist_ok=True)
-  try:
+  with (contextlib.nullcontext(Path(workdir).absolute()) if workdir
+        else processes.scratch("repro-check-")) as root:
+    root.mkdir(parents=True, exist_ok=True)
     processes.save_task(task, root / "task.json")
     runs = _run_all(ways, config, steps, root, main, jobs, config.progress)
     if isinstance(runs[BASE], RunFailed):
@@ -353,9 +351,6 @@ def check(config: Config, task: task_lib.Task | None = None, *, steps: int = 20,
                        f"{runs[BASE]}")
     features = train_features(task, config)
     rows = compare_pairs(compared, runs, host_callbacks(task, config, features)) + skipped
-  finally:
-    if not workdir:
-      shutil.rmtree(root, ignore_errors=True)
   log(f"runs {'kept in ' + str(root) if workdir else 'removed (pass --check_dir to keep them)'}")
   return Report(task_lib.task_name(task), steps, rows, time.perf_counter() - start,
                 processes.count(ways))

@@ -29,8 +29,6 @@ import dataclasses
 import json
 import os
 import re
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -236,9 +234,8 @@ def _train(config: Config, steps: int, root: Path, main: str | None, output: Pat
   config_file = root / "config.json"
   config_file.write_text(json.dumps(_run_config(config, steps, output).to_dict()))
   way = processes.Way(devices=config.devices if config.devices > 1 else 0)
-  done = subprocess.run(processes.command(root / "task.json", config_file, main=main),
-                        env=processes.process_env(way, root / "cache"), capture_output=True,
-                        text=True)
+  done = processes.train_process(processes.command(root / "task.json", config_file, main=main),
+                                 processes.process_env(way, root / "cache"))
   if done.returncode:
     last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
     last = last.removeprefix("error: ")
@@ -260,8 +257,7 @@ def _output(keep: str | Path | None, root: Path) -> Path:
 def _train_and_observe(config: Config, task: task_lib.Task, steps: int,
                        keep: str | Path | None) -> tuple[dict, dict]:
   main = processes.main_file(task)
-  with tempfile.TemporaryDirectory(prefix="repro-golden-") as root:
-    root = Path(root)
+  with processes.scratch("repro-golden-") as root:
     output = _output(keep, root)
     processes.save_task(task, root / "task.json")
     run = _train(config, steps, root, main, output)

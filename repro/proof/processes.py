@@ -10,12 +10,17 @@ compilation cache, pinned CPUs).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
+from typing import Iterator
 
 from repro import task as task_lib
 from repro.config import Config
@@ -102,6 +107,54 @@ def process_env(way: Way, cache: Path) -> dict[str, str]:
   return env
 
 
+# What a signal's handler ends at once (stop_all, from repro.cli.stopping): the runs this
+# process has in flight and the scratch directories of its proofs.
+_lock = threading.RLock()  # re-entered by a handler that interrupts the main thread here
+_running: set[subprocess.Popen] = set()
+_scratch: list[Path] = []
+_stopping = False
+
+
+def train_process(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+  """subprocess.run(argv, env=env, capture_output=True, text=True), ended by stop_all()."""
+  with _lock:
+    if _stopping:
+      raise RunFailed("stopped by a signal")
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    _running.add(proc)
+  try:
+    out, err = proc.communicate()
+  finally:
+    with _lock:
+      _running.discard(proc)
+  return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+@contextlib.contextmanager
+def scratch(prefix: str) -> Iterator[Path]:
+  """A temporary directory for a proof's runs: removed after it, or by stop_all()."""
+  root = Path(tempfile.mkdtemp(prefix=prefix))
+  _scratch.append(root)
+  try:
+    yield root
+  finally:
+    _scratch.remove(root)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def stop_all() -> None:
+  """For a signal's handler: no run starts any more, those running are killed, the scratch
+  directories removed."""
+  global _stopping
+  _stopping = True
+  with _lock:
+    for proc in list(_running):
+      proc.kill()
+  for root in list(_scratch):
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def run_way(way: Way, config: Config, steps: int, workdir: Path, task_file: Path,
             main: str | None) -> Path:
   """Trains one way (two processes if it resumes); its run directory. RunFailed on failure."""
@@ -114,9 +167,8 @@ def run_way(way: Way, config: Config, steps: int, workdir: Path, task_file: Path
   for n, target in enumerate([way.resume_at] * bool(way.resume_at) + [steps]):
     config_file = workdir / f"{way.name}-{n}.json"
     config_file.write_text(json.dumps(config.replace(max_steps=target).to_dict()))
-    done = subprocess.run(command(task_file, config_file, cpus=cpus, main=main,
-                                            twice=twice),
-                          env=process_env(way, cache), capture_output=True, text=True)
+    done = train_process(command(task_file, config_file, cpus=cpus, main=main, twice=twice),
+                         process_env(way, cache))
     if done.returncode != 0:
       last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
       raise RunFailed(f"{way.name} run failed (exit {done.returncode}): {last}")

@@ -18,7 +18,6 @@ import dataclasses
 import functools
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -102,8 +101,7 @@ def replay(run: str | Path, step: int, dump: str | Path | None = None,
     task = task_lib.recorded(config)
   log(f"replaying step {step} of {run} from {'checkpoint ' + str(start) if start else 'the seed'}"
       f" on {_devices(audits.devices_used(target))}, in a fresh process")
-  with tempfile.TemporaryDirectory(prefix="repro-replay-") as root:
-    root = Path(root)
+  with processes.scratch("repro-replay-") as root:
     out = root / "run"
     out.mkdir()
     if start:
