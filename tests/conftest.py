@@ -26,6 +26,9 @@ if _MADE_CACHE:
       prefix="repro-suite-cache-")
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+  # A size limit makes JAX lock the cache while it writes (its LRU cache): processes that
+  # write it at once never read a half-written entry.
+  os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(2**40)
 
 
 def pytest_unconfigure(config):

@@ -60,15 +60,17 @@ class Checkpointer:
 
   def start(self, log: Callable[[str], None]) -> RunState:
     """The RunState to train from: the newest intact compatible checkpoint, or step 0."""
+    # The history says which of its checkpoints are gone (bin/plot marks the others), even
+    # when the resume then fails: the store has removed them already.
     for step in self.store.discarded:
       log(f"discarded the half-written checkpoint of step {step} (its write was cut short); "
           f"the finalized steps are kept")
-    state, manifest = resume.start(self.store, self.plan, log)
-    # The history says which of its checkpoints are gone (bin/plot marks the others).
-    for step in self.store.discarded:
       self.record("discarded", step, why="half-written")
-    for step in self.store.set_aside_steps:
-      self.record("discarded", step, why="corrupt: set aside as corrupt-<step>")
+    try:
+      state, manifest = resume.start(self.store, self.plan, log)
+    finally:
+      for step in self.store.set_aside_steps:
+        self.record("discarded", step, why="corrupt: set aside as corrupt-<step>")
     if manifest is not None:
       self.saved_step = self.resumed_from = state.step
       self.manifest = manifest

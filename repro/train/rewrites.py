@@ -32,7 +32,7 @@ the primitive it replaces (tests/test_rewrites.py):
   undilated convolution of the input with every d-th tap, in Eigen's layout
   (7.2 and 4.2 ms), and the phases interleave into the output. It sums in
   Eigen's order, not the primitive's: other bits, in every program, so a run
-  with it records DILATED_SCHEME in its identity.
+  with it records DILATED_SCHEME in its identity. On XLA:CPU only.
 
 Equal bits of one operation are not enough: XLA fuses new operations with
 their neighbours, and a fused neighbour may then round differently (measured:
@@ -197,9 +197,11 @@ def _in_canonical_layout(specs) -> tuple[Callable, Callable, Callable]:
 
 def _phased_conv(params: dict) -> tuple[str, Callable] | None:
   """A convolution of a dilated input as its phases' undilated ones; None where the window
-  is strided, the kernel dilated or the channels grouped (left as they are)."""
+  is strided, the kernel dilated or the channels grouped (left as they are), and on other
+  backends than XLA:CPU (a GPU's convolutions take dilated inputs as they are)."""
   if (any(s != 1 for s in params["window_strides"]) or any(d != 1 for d in params["rhs_dilation"])
-      or params["feature_group_count"] != 1 or params["batch_group_count"] != 1):
+      or params["feature_group_count"] != 1 or params["batch_group_count"] != 1
+      or jax.default_backend() != "cpu"):
     return None
   to_input, to_kernel, back = _in_canonical_layout(params["dimension_numbers"])
   return DILATED, lambda x, kernel: back(phased_conv(to_input(x), to_kernel(kernel), params))
