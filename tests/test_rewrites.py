@@ -194,6 +194,7 @@ DILATED = {  # input shape, kernel shape, lhs_dilation, padding: a ConvTranspose
     "2d-odd": ((2, 7, 9, 4), (4, 3, 4, 3), (3, 2), ((3, 3), (2, 2))),  # 4x3, stride 3x2, VALID
     "2d-cropped": ((2, 6, 6, 2), (5, 5, 2, 2), (2, 2), ((-1, 0), (1, -2))),  # negative padding
     "2d-sparse": ((2, 5, 5, 2), (2, 2, 2, 3), (4, 4), ((1, 1), (1, 1))),  # taps miss phases
+    "2d-small": ((2, 2, 2, 2), (3, 3, 2, 2), (3, 3), ((0, 0), (0, 0))),  # phases with no output
     "1d": ((4, 11, 3), (5, 3, 2), (3,), ((4, 4),)),
     "3d": ((2, 4, 4, 4, 2), (3, 3, 3, 2, 2), (2, 2, 2), ((1, 1), (1, 1), (1, 1))),
 }
