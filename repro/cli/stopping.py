@@ -4,9 +4,9 @@ Each binary installs this first, before the imports a signal would otherwise int
 (`import repro` imports no JAX: the handlers are in place within milliseconds of the
 start). A SIGTERM or SIGINT while it imports, reads, compiles, evaluates or writes then
 ends it with one line on stderr and exit 75, as soon as Python runs again (a compilation
-in XLA's C++ finishes first): never a KeyboardInterrupt traceback, never a bare 143. The runs a proof trains in fresh processes (bin/check, bin/audit,
-bin/replay, bin/golden) are killed with it and their scratch directories removed
-(repro.proof.processes.stop_all). While bin/train trains, repro.train.stop's handler
+in XLA's C++ finishes first): never a KeyboardInterrupt traceback, never a bare 143. The
+runs a proof trains in fresh processes (bin/check, bin/audit, bin/replay, bin/golden) are
+killed with it and their scratch directories removed (repro.proof.processes.stop_all). While bin/train trains, repro.train.stop's handler
 takes over and stops the run at a chunk boundary with a checkpoint.
 """
 

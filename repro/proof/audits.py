@@ -196,8 +196,7 @@ def train_fresh(config: Config, root: Path, name: str, devices: int, main: str |
                                  processes.process_env(way, root / "cache"))
   if done.returncode == 0:
     return ""
-  last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-  return f"its run failed (exit {done.returncode}): {last}"
+  return f"its run failed (exit {done.returncode}): {processes.failure(done)}"
 
 
 def _one_link(run: Path, a: int, b: int, root: Path, main: str | None,

@@ -237,8 +237,7 @@ def _train(config: Config, steps: int, root: Path, main: str | None, output: Pat
   done = processes.train_process(processes.command(root / "task.json", config_file, main=main),
                                  processes.process_env(way, root / "cache"))
   if done.returncode:
-    last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-    last = last.removeprefix("error: ")
+    last = processes.failure(done).removeprefix("error: ")
     raise RunFailed(f"the golden run failed (exit {done.returncode}): {last}", done.returncode)
   return output
 
@@ -523,8 +522,8 @@ def format_report(report: Report) -> str:
     lines.append(f"equal: the record holds here too: this platform class is not the file's "
                  f"({'; '.join(report.scope_diffs)}) and every bit agrees (exit 0)")
   elif report.verdict == REGRESSION:
-    lines.append(f"REGRESSION: the bits differ from the record for this platform class "
-                 f"(exit 1)")
+    lines.append("REGRESSION: the bits differ from the record for this platform class "
+                 "(exit 1)")
   else:
     lines.append(f"OTHER PLATFORM: the bits differ, on a platform class or environment the file "
                  f"holds no record for (exit {report.exit_code}"

@@ -131,6 +131,11 @@ def train_process(argv: list[str], env: dict[str, str]) -> subprocess.CompletedP
   return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
+def failure(done: subprocess.CompletedProcess) -> str:
+  """What a failed run said last: its last line of stderr, or its exit code."""
+  return (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+
+
 @contextlib.contextmanager
 def scratch(prefix: str) -> Iterator[Path]:
   """A temporary directory for a proof's runs: removed after it, or by stop_all()."""
@@ -170,8 +175,7 @@ def run_way(way: Way, config: Config, steps: int, workdir: Path, task_file: Path
     done = train_process(command(task_file, config_file, cpus=cpus, main=main, twice=twice),
                          process_env(way, cache))
     if done.returncode != 0:
-      last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-      raise RunFailed(f"{way.name} run failed (exit {done.returncode}): {last}")
+      raise RunFailed(f"{way.name} run failed (exit {done.returncode}): {failure(done)}")
   return output
 
 
