@@ -10,6 +10,7 @@ flags and the CPU's vector features (compared on resume like the versions).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import os
@@ -54,8 +55,12 @@ def _normalized(name: str) -> str:
   return re.sub(r"[-_.]+", "-", name).lower()
 
 
+@functools.cache
 def installed_versions() -> dict[str, str]:
-  """{normalized name: version} of every distribution installed in this environment."""
+  """{normalized name: version} of every distribution installed in this environment.
+
+  Read once per process (0.2 s: every distribution's metadata): a package installed
+  after its import does not change the code this process runs."""
   return {_normalized(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()
           if d.metadata["Name"]}
 

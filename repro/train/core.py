@@ -193,11 +193,12 @@ def make_step(graphdef: nnx.GraphDef, task: Task, reduction, keys: dict) -> Call
 
 
 def trace_step(graphdef: nnx.GraphDef, task: Task, state, keys: dict, features: dict,
-               batch_size: int) -> set[str]:
+               batch_size: int) -> tuple[set[str], dict]:
   """Traces one training step (the loss, its gradient, the update) on abstract batches of the
   train split's `features` ({name: (dtype, shape)}), compiling and running nothing; the
   task's code fails here, if it fails when traced, before anything is written. Returns the
-  names of the rewrites (repro.train.rewrites) its programs apply."""
+  names of the rewrites (repro.train.rewrites) its programs apply, and the shapes of a
+  step's trace entry (make_train_chunk's `entry`: its masked steps' zeros)."""
   batch = {k: jax.ShapeDtypeStruct((batch_size,) + tuple(shape), dtype)
            for k, (dtype, shape) in features.items()}
 
@@ -208,13 +209,13 @@ def trace_step(graphdef: nnx.GraphDef, task: Task, state, keys: dict, features: 
                 lambda start, size: batch)
 
   with rewrites.recording() as applied:
-    jax.eval_shape(probe, state, batch, keys)
-  return applied
+    _, entry = jax.eval_shape(probe, state, batch, keys)
+  return applied, entry
 
 
 def make_train_chunk(graphdef: nnx.GraphDef, task: Task, *, chunk_steps: int,
                      num_examples: int, batch_size: int, mesh=None, micro_shards: int = 0,
-                     host_fed: bool = False) -> Callable:
+                     host_fed: bool = False, entry: dict | None = None) -> Callable:
   """A jitted fn(state, inputs, keys, first_step, num_steps) -> (state, trace).
 
   Runs global steps first_step .. first_step + num_steps - 1 (num_steps <=
@@ -227,6 +228,8 @@ def make_train_chunk(graphdef: nnx.GraphDef, task: Task, *, chunk_steps: int,
   first num_steps are real: the loss of each step, the fingerprint of its
   batch indices, the fingerprint of the model state after it, and the loss's
   own metrics. With a mesh the chunk runs data-parallel over its devices.
+  entry: the shapes of a step's trace entry, as trace_step gives them (None: traced here,
+  one more trace of the step; the program is the same).
   """
   reduction = _reduction(mesh, micro_shards, batch_size)
   rows = batch_size // (mesh.size if mesh is not None else 1)  # a device's rows, host-fed
@@ -240,7 +243,7 @@ def make_train_chunk(graphdef: nnx.GraphDef, task: Task, *, chunk_steps: int,
       examples_at = _resident_examples(inputs, keys["shuffle"], first_step, chunk_steps,
                                        num_examples, batch_size)
     one = lambda state, i: step(state, first_step + i, trip, *examples_at(i))
-    return _scan_steps(one, state, num_steps, chunk_steps)
+    return _scan_steps(one, state, num_steps, chunk_steps, entry)
 
   compiled = _compile(chunk, mesh, micro_shards, host_fed)
 
@@ -379,14 +382,15 @@ def _reduction(mesh, micro_shards: int, batch_size: int):
   return AcrossDevices(axis, mesh.shape[axis], batch_size)
 
 
-def _scan_steps(step: Callable, state, num_steps, chunk_steps: int):
+def _scan_steps(step: Callable, state, num_steps, chunk_steps: int, entry: dict | None):
   """Scans step(state, i) -> (state, trace entry) over a chunk's steps i.
 
   Steps past num_steps are masked (lax.cond), so one program serves every
   chunk length; the trace holds each step's loss and metrics and the
-  fingerprints of its batch and of the model state after it.
+  fingerprints of its batch and of the model state after it. entry: the
+  entry's shapes, for the masked steps' zeros (None: found by tracing the step).
   """
-  shapes = jax.eval_shape(step, state, jnp.int32(0))[1]
+  shapes = entry if entry is not None else jax.eval_shape(step, state, jnp.int32(0))[1]
 
   def body(state, i):
     skip = lambda state: (state, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))

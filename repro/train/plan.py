@@ -74,6 +74,7 @@ class Plan:
   env: dict
   evaluate: Evaluator
   warm: warmstart.WarmStart | None  # the --init_from source and what it gave
+  entry: dict  # the shapes of one step's trace entry (core.trace_step)
 
   def lineage(self) -> list[dict]:
     """The ancestors of this run's model, nearest first (none without --init_from)."""
@@ -103,7 +104,7 @@ def make(config: Config, task: task_lib.Task, output: Path, data: splits_lib.Pre
   built = state_lib.build(task, config, keys, schedule.total, mesh, warm)
   eval_names, reported = state_lib.check_task(task, built, data.train.features(),
                                               config.batch_size)
-  rewritten = task_lib.guarded(
+  rewritten, entry = task_lib.guarded(
       "a training step (the loss's gradient and the update, traced)", task,
       lambda: core.trace_step(built.graphdef, task, built.state, keys, data.train.features(),
                               config.batch_size))
@@ -119,4 +120,4 @@ def make(config: Config, task: task_lib.Task, output: Path, data: splits_lib.Pre
       identity=identity_lib.of(config, task, data.fingerprints, built.module_streams,
                                warm.identity() if warm else None, rewritten), warm=warm,
       env=environment.describe(devices_used=mesh.size if mesh is not None else 1),
-      evaluate=Evaluator(built.graphdef, task, eval_names))
+      evaluate=Evaluator(built.graphdef, task, eval_names), entry=entry)

@@ -46,7 +46,7 @@ class ScanChunks:
     self.fn = core.make_train_chunk(
         plan.built.graphdef, plan.task, chunk_steps=plan.schedule.chunk_steps,
         num_examples=len(plan.data.train), batch_size=config.batch_size, mesh=plan.mesh,
-        micro_shards=config.micro_shards, host_fed=host_fed)
+        micro_shards=config.micro_shards, host_fed=host_fed, entry=plan.entry)
     self.keys, self.target = plan.keys, plan.schedule.target
     self.feed = feed_lib.HostFeed(plan.data.train, plan.shuffle_key, config.batch_size,
                                   plan.schedule.chunk_steps, plan.mesh) if host_fed else None
