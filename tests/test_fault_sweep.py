@@ -57,18 +57,28 @@ def sweep(work):
   return done + [fault_sweep.try_point(p, work / "reference", work, start) for p in chosen]
 
 
+def test_strace_kills_and_fails_the_nth_call_as_the_sweep_asks():
+  """Under -f with a seccomp filter, strace 6.1 never delivered an injected SIGKILL: the
+  crash sweep then tried nothing (every kill 'not reached') and passed."""
+  assert fault_sweep.injection_works() == ""
+
+
 @pytest.mark.parametrize("index", range(12))
 def test_a_fault_at_a_call_of_a_save_or_a_resume_resumes_bitwise_and_fails_in_one_line(
     sweep, index):
   point = sweep[index]
   assert not fault_sweep.bad_outcome(point), (point, point.detail)
   assert "rerun bitwise" in point.outcome
-  if point.fault != "kill" and not point.outcome.startswith("exit 0"):
-    assert point.outcome.startswith("exit 74, one line"), point
+  # A first call is always reached: a kill there killed the run, a failed call ended it with
+  # one line and exit 74. (A later N may not be: strace counts per thread, and which pool
+  # thread makes a checkpoint's calls varies from run to run.)
+  if point.n == 1 or not point.outcome.startswith(("not reached", "exit 0")):
+    reached = "killed" if point.fault == "kill" else "exit 74, one line"
+    assert point.outcome.startswith(reached), (point, point.detail)
 
 
 def faulted(command: list[str], strace: list[str], **kwargs) -> subprocess.CompletedProcess:
-  return subprocess.run([*fault_sweep.STRACE, "-o", "/dev/null", *strace, sys.executable,
+  return subprocess.run([*fault_sweep.strace_for("EIO"), "-o", "/dev/null", *strace, sys.executable,
                          *command], capture_output=True, text=True, timeout=300, **kwargs)
 
 

@@ -70,9 +70,35 @@ def train(output: Path, strace: list[str] = (), timeout: int = 600, extra: list[
   return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-# strace stops a thread only at the calls it traces (a seccomp filter: measured, a run under
-# `-e inject` alone, which stops at every call, took 4.2-4.7 s against 2.9-3.5 plain).
-STRACE = ("strace", "-f", "-qq", "--seccomp-bpf")
+STRACE = ("strace", "-f", "-qq")
+# With a seccomp filter strace stops a thread only at the calls it traces (a run under a plain
+# `-e inject` took 4.2-4.7 s against 2.9-3.5), but Debian's strace 6.1 then never delivers an
+# injected signal (measured: `inject=write:signal=SIGKILL:when=2` under -f --seccomp-bpf left
+# a process that made three writes running; an injected error still fires). So the filter
+# serves the counting run and the errors; kills run under plain tracing (and
+# injection_works() checks both before a sweep).
+SECCOMP = "--seccomp-bpf"
+
+
+def strace_for(fault: str) -> list[str]:
+  """The strace command line (before -o and -e) that injects `fault`: 'kill' or an errno."""
+  return [*STRACE] if fault == "kill" else [*STRACE, SECCOMP]
+
+
+def injection_works() -> str:
+  """'' if strace kills, and fails a call, at the Nth call of a process's thread as the sweep
+  asks it to; else what went wrong (a sweep whose faults never fire would prove nothing)."""
+  program = "import os\nfor _ in range(3):\n  try: os.write(1, b'.')\n  except OSError: pass"
+  for fault, wanted in (("kill", -9), ("ENOSPC", None)):
+    action = "signal=SIGKILL" if fault == "kill" else f"error={fault}"
+    done = subprocess.run([*strace_for(fault), "-o", "/dev/null", "-e", "trace=write", "-e",
+                           f"inject=write:{action}:when=2", sys.executable, "-c", program],
+                          capture_output=True, text=True, timeout=60)
+    shown = "." if wanted == -9 else ".."
+    if done.returncode != (wanted or 0) or done.stdout != shown:
+      return (f"strace's {fault} at the 2nd write did not fire as asked (exit "
+              f"{done.returncode}, wrote {done.stdout!r}): {' '.join(strace_for(fault))}")
+  return ""
 
 
 def count(run: Path, start: Path | None = None) -> dict[str, int]:
@@ -80,10 +106,17 @@ def count(run: Path, start: Path | None = None) -> dict[str, int]:
   to the end, from a copy of `start` if given (tracing changes no bit: without `start`, the
   run is the uninterrupted reference)."""
   trace = run.parent / f"count-{run.name}.trace"
-  shutil.rmtree(run, ignore_errors=True)
-  if start is not None:
-    shutil.copytree(start, run)
-  done = train(run, [*STRACE, "-o", str(trace), "-e", "trace=" + ",".join(KINDS)])
+  warm = run.parent / f"warm-{run.name}"
+  for directory in (run, warm):
+    shutil.rmtree(directory, ignore_errors=True)
+    if start is not None:
+      shutil.copytree(start, directory)
+  # First untraced, so that the counted run, like every faulted run after it, finds its
+  # programs in the compilation cache: a cold cache's writes, renames and mkdirs would be
+  # counted as points that no later run reaches.
+  assert train(warm).returncode == 0
+  shutil.rmtree(warm)
+  done = train(run, [*STRACE, SECCOMP, "-o", str(trace), "-e", "trace=" + ",".join(KINDS)])
   assert done.returncode == 0, done.stderr
   per_thread = collections.defaultdict(collections.Counter)
   for line in trace.read_text().splitlines():
@@ -154,7 +187,7 @@ def try_point(point: Point, reference: Path, work: Path, start: Path | None = No
   if start is not None:
     shutil.copytree(start, run)
   action = "signal=SIGKILL" if point.fault == "kill" else f"error={point.fault}"
-  faulted = train(run, [*STRACE, "-o", "/dev/null", "-e", f"trace={point.kind}",
+  faulted = train(run, [*strace_for(point.fault), "-o", "/dev/null", "-e", f"trace={point.kind}",
                         "-e", f"inject={point.kind}:{action}:when={point.n}"])
   # A damaged step of the start is not a finalized checkpoint: setting it aside loses nothing.
   before = finalized(run) - ({RESUME_AT} if start is not None else set())
@@ -225,6 +258,8 @@ def main() -> int:
   args = parser.parse_args()
   if not shutil.which("strace"):
     raise SystemExit("fault_sweep: strace is not installed: apt-get install strace")
+  if problem := injection_works():
+    raise SystemExit(f"fault_sweep: {problem}")
   work = Path(args.out or tempfile.mkdtemp(prefix="fault-sweep-"))
   work.mkdir(parents=True, exist_ok=True)
   reference, start = work / "reference", None
