@@ -30,6 +30,7 @@ from repro.train import plan as plan_lib
 from repro.train import optim
 from repro.train import programs
 from repro.train import rng
+from repro.data import adapters
 from repro.data import splits as splits_lib
 from repro.train import state as state_lib
 from repro import task as task_lib
@@ -191,6 +192,8 @@ def _prepare_data(task: task_lib.Task, config: Config, primary: bool,
   The primary process loads first (a task may prepare a cache, such as a TFDS
   copy), then the others read what it prepared.
   """
+  if not config.progress:
+    adapters.quiet_progress()
   if not primary:
     parallel.barrier("repro-data")
   with _notes_to(log):

@@ -166,7 +166,8 @@ def _steps(record):
 
 @pytest.mark.parametrize("tamper, kind, step, says", [
     (_leaf, "state", STEPS, "1 of 14 leaves of the final state differ: model/out/bias"),
-    (_loss, "loss", 3, "step 3: the loss differs first"),
+    (_loss, "loss", 3, "the batch's example indices agree: their content, the model or the "
+                       "loss differs)"),
     (_batch, "data", 2, "step 2: the batch differs first"),
     (_params, "parameters", 4, "step 4: the parameters after it differ first"),
     (_init, "parameters", 0, "step 0 (init): the initial parameters differ"),
@@ -184,7 +185,10 @@ def test_a_tampered_record_names_the_first_step_and_what_differed(checked, recor
   assert says in report.first.detail
   assert report.problems()[0] == f"golden.json: {kind}: {report.first.detail}"
   assert report.leaves == (["model/out/bias"] if tamper is _leaf else [])
-  assert "REGRESSION" in golden.format_report(report)
+  text = golden.format_report(report)
+  assert "REGRESSION" in text
+  # Where to look: the first differing step (the init's: step 1, which starts from it).
+  assert (f"bin/replay DIR --step={max(step, 1)}" if step is not None else "bin/verify") in text
 
 
 def test_another_platform_passes_with_equal_bits_and_is_not_a_regression_with_others(

@@ -293,6 +293,36 @@ def test_what_cannot_be_read_is_refused_in_one_line_with_the_fix(case):
   assert "\n" not in str(refused.value) and str(refused.value).startswith("task fed: ")
 
 
+class Ragged(repro.Task):
+  """A Hugging Face split repro refuses (a column of variable length)."""
+
+  name = "ragged"
+
+  def model(self, rngs):
+    from flax import nnx
+    return nnx.Linear(1, 1, rngs=rngs)
+
+  def loss(self, model, batch):
+    return model(batch["t"]).mean()
+
+  def data(self):
+    return Splits(train=_hf(t=[[1.0] * (i % 3 + 1) for i in range(20)]))
+
+
+def test_a_run_without_progress_turns_hugging_faces_bars_off(monkeypatch, tmp_path):
+  """--noprogress: nothing on stderr but repro's line (a first build's "Generating train
+  split" and "Map" bars came before it)."""
+  monkeypatch.delenv("HF_DATASETS_DISABLE_PROGRESS_BARS", raising=False)
+  datasets.enable_progress_bars()
+  try:
+    with pytest.raises(ReproError, match="variable length"):
+      quiet(Config(progress=False, batch_size=4, output=str(tmp_path / "r")), task=Ragged())
+    assert datasets.are_progress_bars_disabled()
+    assert os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "1"  # for a later import too
+  finally:
+    datasets.enable_progress_bars()
+
+
 def test_an_element_unlike_element_0_or_none_is_one_line_where_it_is_read():
   train = _pipeline()
   odd = repro_source.Grain(train.map(lambda e: {**e, "x": e["x"][:1]} if e["y"][0] > 1.5

@@ -343,7 +343,8 @@ def _trace_difference(want: list[dict], got: list[dict]) -> Difference | None:
                         f"order or batch: fingerprint {a.get('batch')} -> {b.get('batch')})")
     if a.get("loss") != b.get("loss"):
       return Difference("loss", step, f"step {step}: the loss differs first ({a.get('loss')!r} "
-                        f"-> {b.get('loss')!r}; the batch agrees)")
+                        f"-> {b.get('loss')!r}; the batch's example indices agree: their "
+                        f"content, the model or the loss differs)")
     if a.get("params") != b.get("params"):
       return Difference("parameters", step, f"step {step}: the parameters after it differ "
                         f"first (the batch and the loss agree: the gradient or the update "
@@ -543,9 +544,10 @@ def _advice(report: Report) -> list[str]:
     return [f"added this platform class's own bits to {report.path}, as a record of their own"]
   if report.verdict == EQUAL:
     return [] if report.recorded_here else ["  (--add records this platform class in the file)"]
-  step = next((d.step for d in report.differences if d.step), None)
+  step = next((d.step for d in report.differences if d.step is not None), None)
   run = report.kept or "DIR"
-  look = (f"bin/replay {run} --step={step}" if step else "bin/verify") + (
+  # Step 0 is the init: replaying step 1 shows the parameters before it (--dump).
+  look = (f"bin/replay {run} --step={max(step, 1)}" if step is not None else "bin/verify") + (
       f" (the rerun is kept in {run})" if report.kept else " (rerun with --keep=DIR)")
   lines = [f"  a deliberate change: record again (bin/golden record ...); an accident: look "
            f"inside with {look}; docs/golden.md"]
