@@ -36,7 +36,7 @@ from repro.train import state as state_lib
 from repro import task as task_lib
 from repro.train import warmstart
 from repro.config import Config
-from repro.errors import PeerLost, ReproError, squeezed
+from repro.errors import CheckpointWriteError, PeerLost, ReproError, squeezed
 from repro.metrics import TEST, VAL
 from repro.train.checkpointer import Checkpointer
 from repro.train.runstate import Hook, RunState
@@ -260,7 +260,12 @@ def _silent(_: str) -> None:
 def _run_lock(output: Path, primary: bool, log: Callable[[str], None]):
   """Meanwhile, the run directory exists and process 0 holds its lock (one writer)."""
   if primary:
-    output.mkdir(parents=True, exist_ok=True)
+    try:
+      output.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # the file system failing (--output itself was checked before)
+      raise CheckpointWriteError(f"cannot create the run directory {output}: {err.strerror}; "
+                                 f"nothing was trained or changed: fix the cause and rerun "
+                                 f"the same command") from None
   run_lock = lock_lib.RunLock(output) if primary else None
   parallel.barrier("repro-output")
   try:

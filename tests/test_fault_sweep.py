@@ -93,6 +93,19 @@ def test_an_export_on_a_failing_disk_is_one_line_exit_74_and_leaves_nothing(work
   assert not out.exists() and not list(work.glob(f".{out.name}.partial-*"))
 
 
+@pytest.mark.parametrize("made", ["", "tensorboard"])
+def test_a_run_whose_directory_cannot_be_made_is_one_line_and_exit_74(tmp_path, made):
+  """Found by the whole I/O-error sweep: an ENOSPC at the mkdir of the run directory, or at
+  the TensorBoard writer's, was a traceback and exit 1."""
+  out = tmp_path / "run"
+  path = out / made if made else out
+  done = faulted([str(ROOT / "bin" / "train"), *fault_sweep.RUN, f"--output={out}"],
+                 ["-P", str(path), "-e", "trace=mkdir", "-e", "inject=mkdir:error=ENOSPC"])
+  assert done.returncode == 74 and not fault_sweep.stderr_problem(done.stderr), done.stderr
+  said = "cannot write" if made else "cannot create the run directory"
+  assert f"{said} {path}: No space left on device" in done.stderr
+
+
 @pytest.mark.parametrize("binary", ["export", "eval"])
 def test_reading_a_checkpoint_on_a_failing_disk_is_one_line_and_exit_74(work, binary):
   work, _ = work

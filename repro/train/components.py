@@ -211,8 +211,9 @@ class TensorBoard:
     # Its own warnings (e.g. "NaN or Inf found in input tensor" under
     # --allow_nonfinite) are not for the user: repro says what happened.
     logging.getLogger("tensorboardX").setLevel(logging.ERROR)
-    self.writer = SummaryWriter(logdir=str(output / "tensorboard"),
-                                purge_step=step + 1 if step else None, flush_secs=30)
+    with metrics_lib.writing(output / "tensorboard"):  # it makes the directory
+      self.writer = SummaryWriter(logdir=str(output / "tensorboard"),
+                                  purge_step=step + 1 if step else None, flush_secs=30)
 
   def write(self, info: StepInfo) -> None:
     for step, loss in zip(info.chunk.steps, info.chunk.losses):
