@@ -6,8 +6,9 @@ start). A SIGTERM or SIGINT while it imports, reads, compiles, evaluates or writ
 ends it with one line on stderr and exit 75, as soon as Python runs again (a compilation
 in XLA's C++ finishes first): never a KeyboardInterrupt traceback, never a bare 143. The
 runs a proof trains in fresh processes (bin/check, bin/audit, bin/replay, bin/golden) are
-killed with it and their scratch directories removed (repro.proof.processes.stop_all). While bin/train trains, repro.train.stop's handler
-takes over and stops the run at a chunk boundary with a checkpoint.
+killed with it and their scratch directories removed (repro.proof.processes.stop_all).
+While bin/train trains, repro.train.stop's handler takes over and stops the run at a
+chunk boundary with a checkpoint.
 """
 
 from __future__ import annotations

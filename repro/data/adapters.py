@@ -28,6 +28,7 @@ _CLASSES = {"grain": ("grain.", ("MapDataset", "IterDataset")),
             "hf": ("datasets.", ("Dataset", "DatasetDict", "IterableDataset",
                                  "IterableDatasetDict"))}
 
+
 def quiet_progress() -> None:
   """Hugging Face datasets' progress bars off (a run with --noprogress: nothing on stderr but
   repro's own lines; measured: a first build's "Generating train split" and "Map" bars came
@@ -186,7 +187,8 @@ def hf_column_problem(dataset, name: str) -> str | None:
   level = dataset.data.column(name)
   while True:
     if level.null_count:
-      return (f"has {level.null_count} missing value{'s' * (level.null_count != 1)}: fill them in a map, or drop the "
+      plural = "s" * (level.null_count != 1)
+      return (f"has {level.null_count} missing value{plural}: fill them in a map, or drop the "
               f"examples (ds.filter before giving it to repro)")
     kind = level.type
     if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind):
