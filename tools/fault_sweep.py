@@ -187,12 +187,18 @@ def try_point(point: Point, reference: Path, work: Path, start: Path | None = No
   if start is not None:
     shutil.copytree(start, run)
   action = "signal=SIGKILL" if point.fault == "kill" else f"error={point.fault}"
-  faulted = train(run, [*strace_for(point.fault), "-o", "/dev/null", "-e", f"trace={point.kind}",
+  log = work / f"{run.name}.strace"
+  faulted = train(run, [*strace_for(point.fault), "-o", str(log), "-e", f"trace={point.kind}",
                         "-e", f"inject={point.kind}:{action}:when={point.n}"])
+  injected = [line for line in log.read_text().splitlines() if "INJECTED" in line]
+  log.unlink()
   # A damaged step of the start is not a finalized checkpoint: setting it aside loses nothing.
   before = finalized(run) - ({RESUME_AT} if start is not None else set())
-  if faulted.returncode == 0:  # this run's threads made fewer such calls, or (an error) the
-    point.outcome = "not reached" if point.fault == "kill" else "exit 0"  # run did without it
+  if faulted.returncode == 0 and not injected:  # this run's threads made fewer such calls
+    point.outcome = "not reached"
+  elif faulted.returncode == 0:  # an error the run did without: which call, is the detail
+    point.outcome = "exit 0, error ignored"
+    point.detail = injected[0][:200]
   elif point.fault == "kill":
     point.outcome = "killed" if faulted.returncode in (-9, 137) else f"exit {faulted.returncode}"
   else:
