@@ -1,6 +1,8 @@
 """Tasks that break reproducibility on purpose, each in its own way, for bin/check to catch.
 
-Each is the tiny reference CNN with one defect a researcher could write.
+Each is the regression example (an MLP on a fixed curve: no data files, and quick to
+compile in the fresh processes of a check or an audit) with one defect a researcher could
+write; the defects are the model's, whatever the model.
 """
 
 from __future__ import annotations
@@ -13,17 +15,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from repro.tasks.cnn import CNN
+from repro.tasks.regression import Regression
 
 
 @dataclasses.dataclass
-class NumpyInit(CNN):
+class NumpyInit(Regression):
   """Perturbs the initial output bias with NumPy's global (unseeded) random generator."""
 
   def model(self, rngs: nnx.Rngs) -> nnx.Module:
     model = super().model(rngs)
-    noise = np.random.normal(size=model.linear2.bias.shape).astype(np.float32)
-    model.linear2.bias[...] = model.linear2.bias[...] + noise
+    noise = np.random.normal(size=model.out.bias.shape).astype(np.float32)
+    model.out.bias[...] = model.out.bias[...] + noise
     return model
 
 
@@ -31,7 +33,7 @@ BUILT = [0]  # how many models this process built: a module-level counter
 
 
 class Scaled(nnx.Module):
-  """The CNN, its logits scaled by a factor read from the module-level counter."""
+  """The MLP, its output scaled by a factor read from the module-level counter."""
 
   def __init__(self, inner: nnx.Module):
     self.inner = inner
@@ -41,7 +43,7 @@ class Scaled(nnx.Module):
 
 
 @dataclasses.dataclass
-class ModuleCounter(CNN):
+class ModuleCounter(Regression):
   """Counts the models built; the model reads that count (a resumed run builds one more)."""
 
   def model(self, rngs: nnx.Rngs) -> nnx.Module:
@@ -50,7 +52,7 @@ class ModuleCounter(CNN):
 
 
 class Clocked(nnx.Module):
-  """The CNN, its logits shifted by the wall clock read through jax.pure_callback."""
+  """The MLP, its output shifted by the wall clock read through jax.pure_callback."""
 
   def __init__(self, inner: nnx.Module):
     self.inner = inner
@@ -58,12 +60,11 @@ class Clocked(nnx.Module):
   def __call__(self, x):
     now = jax.pure_callback(lambda: np.float32(time.time() % 1.0),
                             jax.ShapeDtypeStruct((), jnp.float32))
-    logits = self.inner(x)
-    return logits + now * jnp.arange(logits.shape[-1], dtype=jnp.float32)
+    return self.inner(x) + now
 
 
 @dataclasses.dataclass
-class TimeCallback(CNN):
+class TimeCallback(Regression):
   """A model that reads the time through a host callback."""
 
   def model(self, rngs: nnx.Rngs) -> nnx.Module:
