@@ -54,7 +54,8 @@ def assert_all_equal(report: checker.Report) -> None:
 # bin/check itself, once per program: cnn here (convolutions and dropout under the
 # per-step program), the regression below (the scan, a task object holding arrays). Each
 # row's guarantee on every example task (charlm's attention, the ResNet's BatchNorm
-# statistics) is tests/test_tasks.py's, pair by pair.
+# statistics) is tests/test_tasks.py's, pair by pair; but the CPU rows here are the CNN's
+# and the regression's test of another machine's CPU count (test_tasks.MACHINE_TASKS).
 @pytest.mark.parametrize("name", ["cnn"])
 def test_every_pair_is_equal_on_the_example_tasks(name, idx_dir, tfds_dir, text):
   assert_all_equal(repro.check(tiny_config(name, idx_dir, tfds_dir, text), steps=STEPS,
