@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -25,13 +26,28 @@ import tiny_tasks
 from conftest import quiet
 from repro import Config, ReproError
 from repro.proof import audits
+from repro.proof import processes
 from test_tasks import ENV, TESTS, run_on_devices
 
 
 
 def command(name: str, *args) -> subprocess.CompletedProcess:
+  shared = {k: v for k, v in os.environ.items() if k == processes.PROOF_CACHE}
   return subprocess.run([sys.executable, str(TESTS.parent / "bin" / name), *map(str, args)],
-                        env=ENV, capture_output=True, text=True, timeout=600)
+                        env={**ENV, **shared}, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def proof_cache(tmp_path_factory) -> Path:
+  return tmp_path_factory.mktemp("proof-cache")
+
+
+@pytest.fixture(autouse=True)
+def shared_compilations(proof_cache, monkeypatch):
+  """The audits and replays here compile once into one cache (REPRO_PROOF_CACHE_DIR), each
+  program in its first proof's fresh processes; the untouched run's audit compiles afresh,
+  as every proof does by default."""
+  monkeypatch.setenv(processes.PROOF_CACHE, str(proof_cache))
 
 
 bin_audit = functools.partial(command, "audit")
@@ -57,11 +73,14 @@ def listing(run: Path) -> dict:
   return {str(p.relative_to(run)): p.stat().st_mtime_ns for p in run.rglob("*")}
 
 
-def test_an_untouched_run_audits_equal_from_the_seed_and_writes_its_report_beside_it(runs):
+def test_an_untouched_run_audits_equal_from_the_seed_and_writes_its_report_beside_it(
+    runs, monkeypatch):
+  monkeypatch.delenv(processes.PROOF_CACHE)  # the default: compiled afresh
   run, _ = runs
   before = listing(run)
   done = bin_audit(run, "--from_start", "--jobs=2")
   assert done.returncode == 0, done.stdout + done.stderr
+  assert "compiled in" not in done.stdout
   for row in ("0 -> 5   equal", "5 -> 8   equal", "8 -> 10  equal",  # 4 rotated away
               "checksums intact and the identity the same at all 3 kept steps",
               "scope: the run's platform class and package versions"):
@@ -69,12 +88,15 @@ def test_an_untouched_run_audits_equal_from_the_seed_and_writes_its_report_besid
   report = json.loads((run.parent / "run.audit.json").read_text())
   assert report["exit_code"] == 0 and [link["equal"] for link in report["links"]] == [True] * 3
   assert report["scope"]["run"]["platform"] == report["scope"]["audit"]["platform"]
+  assert report["scope"]["compilation_cache"] == "fresh"
   assert listing(run) == before  # nothing written into the run
 
 
-def test_one_link_of_several_is_chosen_by_a_fixed_rule(runs, tmp_path):
+def test_one_link_of_several_is_chosen_by_a_fixed_rule(runs, tmp_path, proof_cache):
   run, _ = runs
   found = audits.audit(run, links=1, out=tmp_path / "one.json", log=lambda _: None)
+  assert found.scope["compilation_cache"] == str(proof_cache) and any(proof_cache.iterdir())
+  assert f"compiled in {proof_cache} (REPRO_PROOF_CACHE_DIR)" in audits.report(found)
   assert found.rule == "1 of the 2 links, evenly spaced from the first to the last (fixed by " \
       "the run)" and [(link.start, link.end) for link in found.links] == [(5, 8)]
   assert found.exit_code == 0

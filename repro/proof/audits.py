@@ -19,6 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -133,7 +134,8 @@ def _scope(manifest: dict) -> dict:
   pick = lambda env: {"platform": {k: env.get("platform", {}).get(k) for k in keys},
                       "versions": env.get("versions", {})}
   return {"run": pick(recorded), "audit": pick(now),
-          "differences": identity_lib.environment_diffs(recorded, now, invariant)}
+          "differences": identity_lib.environment_diffs(recorded, now, invariant),
+          "compilation_cache": os.environ.get(processes.PROOF_CACHE) or "fresh"}
 
 
 def audit(run: str | Path, links: int | None = None, from_start: bool = False, jobs: int = 1,
@@ -193,7 +195,7 @@ def train_fresh(config: Config, root: Path, name: str, devices: int, main: str |
   config_file.write_text(json.dumps(config.replace(progress=False).to_dict()))
   way = processes.Way(devices=devices if devices > 1 else 0)
   done = processes.train_process(processes.command(root / "task.json", config_file, main=main),
-                                 processes.process_env(way, root / "cache"))
+                                 processes.process_env(way, processes.proof_cache(root)))
   if done.returncode == 0:
     return ""
   return f"its run failed (exit {done.returncode}): {processes.failure(done)}"
@@ -283,4 +285,7 @@ def report(result: Audit) -> str:
   else:
     lines.append("scope: ANOTHER platform class than the run's (" +
                  "; ".join(scope["differences"]) + "): a differing link is not a failure here")
+  if scope.get("compilation_cache", "fresh") != "fresh":
+    lines.append(f"compiled in {scope['compilation_cache']} ({processes.PROOF_CACHE}): "
+                 f"executables earlier proofs compiled there were reused")
   return "\n".join(lines)

@@ -28,6 +28,16 @@ from repro.errors import ReproError
 
 MODULE = "repro.proof.check_run"  # the module each process runs
 BASE = "base"  # the plain run that most rows compare against (its cache is shared)
+# Where bin/audit's and bin/replay's runs compile, if set: a cache those proofs share, so that
+# auditing the runs of one task (a sweep) compiles its programs once. Unset (the default),
+# each proof compiles afresh and trusts no executable it did not make.
+PROOF_CACHE = "REPRO_PROOF_CACHE_DIR"
+
+
+def proof_cache(root: Path) -> Path:
+  """The compilation cache of a proof whose scratch directory is `root` (see PROOF_CACHE)."""
+  shared = os.environ.get(PROOF_CACHE)
+  return Path(shared).expanduser().absolute() if shared else root / "cache"
 
 
 @dataclasses.dataclass(frozen=True)
