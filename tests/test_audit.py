@@ -32,13 +32,16 @@ from test_tasks import ENV, TESTS, run_on_devices
 
 
 def command(name: str, *args) -> subprocess.CompletedProcess:
-  shared = {k: v for k, v in os.environ.items() if k == processes.PROOF_CACHE}
+  env = {k: v for k, v in ENV.items() if k != processes.PROOF_CACHE}
+  if processes.PROOF_CACHE in os.environ:  # as this test sets it (shared_compilations)
+    env[processes.PROOF_CACHE] = os.environ[processes.PROOF_CACHE]
   return subprocess.run([sys.executable, str(TESTS.parent / "bin" / name), *map(str, args)],
-                        env={**ENV, **shared}, capture_output=True, text=True, timeout=600)
+                        env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
 def proof_cache(tmp_path_factory) -> Path:
+  """The compilation cache this module's proofs share (REPRO_PROOF_CACHE_DIR)."""
   return tmp_path_factory.mktemp("proof-cache")
 
 
@@ -158,6 +161,24 @@ def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, args, message):
   done = bin_audit(*(args if positional else [run, *args]))
   assert done.returncode == 2 and message in done.stderr, done.stderr
   assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("where, message", [
+    ("RUN/cache", "is inside the audited run: name a directory outside it"),
+    ("TRAINING", "is the cache training compiles into: a proof must not load the run's "
+                 "executables")])
+@pytest.mark.parametrize("binary", ["audit", "replay"])
+def test_a_shared_proof_cache_that_would_trust_the_run_is_refused(runs, monkeypatch, binary,
+                                                                  where, message):
+  run, _ = runs
+  cache = (os.environ["JAX_COMPILATION_CACHE_DIR"] if where == "TRAINING"
+           else where.replace("RUN", str(run)))
+  monkeypatch.setenv(processes.PROOF_CACHE, cache)
+  done = command(binary, run, *(["--step=8"] if binary == "replay" else []))
+  lines = done.stderr.strip().splitlines()
+  assert done.returncode == 2 and len(lines) == 1, done.stderr
+  assert lines[0].startswith(f"error: REPRO_PROOF_CACHE_DIR={cache} ") and message in lines[0]
+  assert not (run / "cache").exists()
 
 
 def test_zero_links_from_python_is_refused_not_taken_for_all():

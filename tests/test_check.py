@@ -57,9 +57,23 @@ def assert_all_equal(report: checker.Report) -> None:
 # statistics) is tests/test_tasks.py's, pair by pair; but the CPU rows here are the CNN's
 # and the regression's test of another machine's CPU count (test_tasks.MACHINE_TASKS).
 @pytest.mark.parametrize("name", ["cnn"])
-def test_every_pair_is_equal_on_the_example_tasks(name, idx_dir, tfds_dir, text):
+def test_every_pair_is_equal_on_the_example_tasks(name, idx_dir, tfds_dir, text, tmp_path):
   assert_all_equal(repro.check(tiny_config(name, idx_dir, tfds_dir, text), steps=STEPS,
-                               log=lambda _: None))
+                               workdir=str(tmp_path / "kept"), log=lambda _: None))
+  assert_same_logs(tmp_path / "kept", cpu_ways())
+
+
+def cpu_ways() -> tuple[str, ...]:
+  """The CPU rows' runs on this machine (the 1-CPU row needs a machine of more)."""
+  return ("many_cpus",) + (("one_cpu",) if len(os.sched_getaffinity(0)) > 1 else ())
+
+
+def assert_same_logs(runs: Path, ways: tuple[str, ...]) -> None:
+  """metrics.jsonl and trace.jsonl of each way as the base run's, byte for byte (a row's
+  equality is the final state's and its metrics')."""
+  for way in ways:
+    for name in ("metrics.jsonl", "trace.jsonl"):
+      assert (runs / way / name).read_bytes() == (runs / "base" / name).read_bytes(), (way, name)
 
 
 def test_a_task_object_holding_arrays_is_checked_from_python(tmp_path):
@@ -68,6 +82,7 @@ def test_a_task_object_holding_arrays_is_checked_from_python(tmp_path):
   assert_all_equal(report)
   runs = tmp_path / "kept"  # kept when asked: the runs can be compared by hand
   assert verify.compare(runs / "base", runs / "again").identical
+  assert_same_logs(runs, cpu_ways())
 
 
 def check_cli(*flags: str) -> subprocess.CompletedProcess:

@@ -142,7 +142,7 @@ COMMANDS = {
         How("examples", tiny=True, extra=("--validation_examples=32", "--task.width=4")),
     "bin/train --task=repro.tasks.charlm:CharLM --epochs=20 --validation_examples=32 "
     "--monitor=val_perplexity --patience=3":
-        How("examples", extra=("--epochs=2",)),  # GPL-3's text; --patience: test_tasks.py
+        How("examples", extra=("--epochs=2",)),  # --patience: test_features, test_tasks
     # docs/command-line.md
     "import repro": How("api", file="api.py", prelude=SMALL_RUNS),
     # docs/big-data.md

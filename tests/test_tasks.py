@@ -6,9 +6,10 @@ pick for it.
 
 Same seed, same bits; interrupted (--max_steps, SIGTERM, SIGKILL) and resumed,
 the same bits and metrics.jsonl; --micro_shards, the same bits on 1, 2 and 4
-devices; bin/verify names the first divergence; a resume with another task,
-option or model structure is refused field by field; a bad task is one line
-and exit 2.
+devices; the same bits on 1 and 16 CPUs (the CNN's and the regression's:
+bin/check's CPU rows, tests/test_check.py); bin/verify names the first
+divergence; a resume with another task, option or model structure is refused
+field by field; a bad task is one line and exit 2.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def test_max_steps_sigterm_and_sigkill_then_resume_give_the_uninterrupted_bits(
   # is seen at that boundary's last phase, so the run stops at 10. (In this process, as
   # repro.run handles it; bin/train's exit 75 and its line: tests/test_faults.py.)
   stopped = quiet(config, hooks=[TermAt(10)])
-  assert (stopped.stopped_by, stopped.step) == ("SIGTERM", 10)
+  assert (stopped.stopped_by, stopped.step, Path(stopped.checkpoint).name) == ("SIGTERM", 10, "10")
   # From 10 on (boundaries 18, 20, 28); the kill at 28 may land while checkpoint 20 is
   # still written in the background, which then never counts: the newest finalized
   # step is 20 or 10.
@@ -166,8 +167,8 @@ FRESH = {"JAX_ENABLE_COMPILATION_CACHE": "false"}
 MACHINES = {"1cpu": (FRESH, ("taskset", "-c", str(min(os.sched_getaffinity(0))))),
             "16cpus": ({**FRESH, "NPROC": "16", "PJRT_NPROC": None}, ())}
 # The CNN's and the regression's runs on such machines are bin/check's CPU rows in
-# tests/test_check.py (the same tiny tasks, each row compiling for itself); the pool is the
-# process's, the same for the evaluation's program as for the step's.
+# tests/test_check.py (the same tiny tasks, each row compiling for itself; their final
+# state, test metrics, metrics.jsonl and trace.jsonl compared there).
 MACHINE_TASKS = ("resnet", "charlm", "attention")
 
 
@@ -390,11 +391,15 @@ def test_two_modules_holding_streams_get_different_keys():
     ("broken_tasks:TestFeaturesDiffer", "task fine: the test split's features"),
 ])
 def test_a_broken_task_is_refused_in_one_line_before_anything_is_written(spec, message, tmp_path,
-                                                                         capfd):
+                                                                         capfd, recwarn):
   with pytest.raises(ReproError) as refused:
     quiet(Config(task=spec, batch_size=16, output=str(tmp_path / "out"), progress=False))
   assert message in str(refused.value) and "\n" not in str(refused.value)
   assert not (tmp_path / "out").exists() and capfd.readouterr().err == ""
+  # and no warning that bin/train would print (pytest records them; the kinds Python shows)
+  shown = [w for w in recwarn if not issubclass(w.category, (DeprecationWarning,
+                                                             PendingDeprecationWarning))]
+  assert not shown, [str(w.message) for w in shown]
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -19,7 +19,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -135,7 +134,7 @@ def _scope(manifest: dict) -> dict:
                       "versions": env.get("versions", {})}
   return {"run": pick(recorded), "audit": pick(now),
           "differences": identity_lib.environment_diffs(recorded, now, invariant),
-          "compilation_cache": os.environ.get(processes.PROOF_CACHE) or "fresh"}
+          "compilation_cache": str(processes.shared_cache() or "fresh")}
 
 
 def audit(run: str | Path, links: int | None = None, from_start: bool = False, jobs: int = 1,
@@ -151,6 +150,7 @@ def audit(run: str | Path, links: int | None = None, from_start: bool = False, j
   out = Path(out).expanduser().absolute() if out else run.parent / f"{run.name}.audit.json"
   if run in out.parents:
     raise ReproError(f"--out {out} is inside the audited run: pass a path outside it")
+  processes.check_shared_cache(run)
   problems, manifest = _checks(run, steps)
   pairs, rule = choose(steps, links, from_start)
   config = Config.from_dict(manifest["config"])
@@ -286,6 +286,6 @@ def report(result: Audit) -> str:
     lines.append("scope: ANOTHER platform class than the run's (" +
                  "; ".join(scope["differences"]) + "): a differing link is not a failure here")
   if scope.get("compilation_cache", "fresh") != "fresh":
-    lines.append(f"compiled in {scope['compilation_cache']} ({processes.PROOF_CACHE}): "
-                 f"executables earlier proofs compiled there were reused")
+    lines.append(f"compiled in {scope['compilation_cache']} ({processes.PROOF_CACHE}), "
+                 f"reusing any executable earlier proofs compiled there")
   return "\n".join(lines)

@@ -34,10 +34,38 @@ BASE = "base"  # the plain run that most rows compare against (its cache is shar
 PROOF_CACHE = "REPRO_PROOF_CACHE_DIR"
 
 
+def shared_cache() -> Path | None:
+  """$REPRO_PROOF_CACHE_DIR as an absolute path, or None (unset: each proof's own cache)."""
+  shared = os.environ.get(PROOF_CACHE)
+  return Path(shared).expanduser().absolute() if shared else None
+
+
 def proof_cache(root: Path) -> Path:
   """The compilation cache of a proof whose scratch directory is `root` (see PROOF_CACHE)."""
-  shared = os.environ.get(PROOF_CACHE)
-  return Path(shared).expanduser().absolute() if shared else root / "cache"
+  return shared_cache() or root / "cache"
+
+
+def check_shared_cache(run: Path) -> None:
+  """ReproError (one line) for a $REPRO_PROOF_CACHE_DIR that would let the proof of `run`
+  load the run's own executables, write into the run, or cannot be written."""
+  shared = shared_cache()
+  if shared is None:
+    return
+  trained = os.environ.get("JAX_COMPILATION_CACHE_DIR") or "~/.cache/repro/jax"
+  if shared == Path(trained).expanduser().absolute():
+    raise ReproError(f"{PROOF_CACHE}={shared} is the cache training compiles into: a proof "
+                     f"must not load the run's executables; name a directory only proofs write")
+  if shared == run or run in shared.parents:
+    raise ReproError(f"{PROOF_CACHE}={shared} is inside the audited run: name a directory "
+                     f"outside it")
+  try:
+    shared.mkdir(parents=True, exist_ok=True)
+  except OSError as err:
+    raise ReproError(f"{PROOF_CACHE}={shared} cannot be made ({err.strerror}): name a "
+                     f"directory this process can write") from None
+  if not os.access(shared, os.W_OK):
+    raise ReproError(f"{PROOF_CACHE}={shared} is not writable: name a directory this process "
+                     f"can write")
 
 
 @dataclasses.dataclass(frozen=True)

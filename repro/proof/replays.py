@@ -90,6 +90,7 @@ def replay(run: str | Path, step: int, dump: str | Path | None = None,
            task: task_lib.Task | None = None, log: Callable[[str], None] = print) -> Replayed:
   """Replays step `step` of `run` (see the module doc); ReproError (one line) on bad input."""
   run, steps = stored_lib.run_steps(run)
+  processes.check_shared_cache(run)
   if dump:
     _check_dump(run, Path(dump).expanduser().absolute())
   recorded = _trace(run, step)
