@@ -21,6 +21,17 @@ class ReproError(Exception):
   exit_code = 2
 
 
+def writable_directory(path, name: str, fix: str) -> None:
+  """Makes the directory `path` (a pathlib.Path); ReproError (one line: `name`, the cause,
+  `fix`) if it cannot be made or written."""
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except OSError as err:
+    raise ReproError(f"cannot create {name} {path} ({err.strerror}): {fix}") from None
+  if not os.access(path, os.W_OK):
+    raise ReproError(f"{name} {path} is not writable: {fix}")
+
+
 class NonFiniteLoss(Exception):
   """The loss (or the state about to be saved) became NaN or infinite.
 

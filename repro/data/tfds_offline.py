@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from repro.data import idx
-from repro.errors import ReproError, squeezed
+from repro.errors import ReproError, squeezed, writable_directory
 
 BUILDER_VERSION = "1.0.0"
 FILE_FORMAT = "array_record"  # random access: what tfds.data_source and repro.data.source.TFDS read
@@ -34,13 +34,7 @@ def tfds_dir(given: str | None) -> Path:
 
 def check_writable(root: Path) -> None:
   """Creates the TFDS directory `root`; ReproError (one line) if it cannot be written."""
-  try:
-    root.mkdir(parents=True, exist_ok=True)
-  except OSError as err:
-    raise ReproError(f"cannot create the TFDS directory {root} ({err.strerror}): "
-                     f"pass --task.tfds_dir=DIR on a writable disk") from None
-  if not os.access(root, os.W_OK):
-    raise ReproError(f"TFDS directory {root} is not writable: pass --task.tfds_dir=DIR")
+  writable_directory(root, "the TFDS directory", "pass --task.tfds_dir=DIR on a writable disk")
 
 
 def builder_name(dataset: str) -> str:

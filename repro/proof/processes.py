@@ -24,7 +24,7 @@ from typing import Iterator
 
 from repro import task as task_lib
 from repro.config import Config
-from repro.errors import ReproError
+from repro.errors import ReproError, writable_directory
 
 MODULE = "repro.proof.check_run"  # the module each process runs
 BASE = "base"  # the plain run that most rows compare against (its cache is shared)
@@ -58,14 +58,7 @@ def check_shared_cache(run: Path) -> None:
   if shared == run or run in shared.parents:
     raise ReproError(f"{PROOF_CACHE}={shared} is inside the audited run: name a directory "
                      f"outside it")
-  try:
-    shared.mkdir(parents=True, exist_ok=True)
-  except OSError as err:
-    raise ReproError(f"{PROOF_CACHE}={shared} cannot be made ({err.strerror}): name a "
-                     f"directory this process can write") from None
-  if not os.access(shared, os.W_OK):
-    raise ReproError(f"{PROOF_CACHE}={shared} is not writable: name a directory this process "
-                     f"can write")
+  writable_directory(shared, f"{PROOF_CACHE}", "name a directory this process can write")
 
 
 @dataclasses.dataclass(frozen=True)
