@@ -100,6 +100,12 @@ def set_determinism_flags() -> None:
   os.environ["XLA_FLAGS"] = flags
 
 
+def default_cache_dir() -> Path:
+  """Where training compiles into unless JAX was configured otherwise:
+  $JAX_COMPILATION_CACHE_DIR, else ~/.cache/repro/jax."""
+  return Path(os.environ.get("JAX_COMPILATION_CACHE_DIR") or "~/.cache/repro/jax").expanduser()
+
+
 def enable_compilation_cache() -> str:
   """Turns on JAX's persistent compilation cache (unless the user configured one).
 
@@ -110,9 +116,7 @@ def enable_compilation_cache() -> str:
   """
   import jax  # here, not at import: `import repro` imports no JAX (repro/__init__.py)
   if not jax.config.jax_compilation_cache_dir:
-    path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.expanduser(
-        "~/.cache/repro/jax")
-    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_compilation_cache_dir", str(default_cache_dir()))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   return jax.config.jax_compilation_cache_dir
 

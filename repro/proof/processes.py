@@ -25,6 +25,7 @@ from typing import Iterator
 from repro import task as task_lib
 from repro.config import Config
 from repro.errors import ReproError, writable_directory
+from repro.machine import environment
 
 MODULE = "repro.proof.check_run"  # the module each process runs
 BASE = "base"  # the plain run that most rows compare against (its cache is shared)
@@ -51,14 +52,13 @@ def check_shared_cache(run: Path) -> None:
   shared = shared_cache()
   if shared is None:
     return
-  trained = os.environ.get("JAX_COMPILATION_CACHE_DIR") or "~/.cache/repro/jax"
-  if shared == Path(trained).expanduser().absolute():
+  if shared == environment.default_cache_dir().absolute():
     raise ReproError(f"{PROOF_CACHE}={shared} is the cache training compiles into: a proof "
                      f"must not load the run's executables; name a directory only proofs write")
   if shared == run or run in shared.parents:
     raise ReproError(f"{PROOF_CACHE}={shared} is inside the audited run: name a directory "
                      f"outside it")
-  writable_directory(shared, f"{PROOF_CACHE}", "name a directory this process can write")
+  writable_directory(shared, PROOF_CACHE, "name a directory this process can write")
 
 
 @dataclasses.dataclass(frozen=True)
