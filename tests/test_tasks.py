@@ -192,15 +192,22 @@ def test_the_number_of_cpus_changes_no_bit(name, machine, reference, other_machi
 MICRO_STEPS = 12  # two chunks and a checkpoint between: enough to show where bits differ
 
 
+# The charlm's micro-shard runs are fine-tunes of its reference run (--init_from): they show
+# that a warm start, too, gives the same bits on every device count.
+MICRO_INIT_FROM = ("charlm",)
+
+
 @pytest.fixture(scope="module")
-def micro_shard_runs(tiny, tmp_path_factory):
+def micro_shard_runs(tiny, reference, tmp_path_factory):
   """Each other task with --micro_shards=4: in a process of 1 device, and on 2 and 4 of 4
   forced devices in another. (Before repro fixed XLA:CPU's pool at max(--cpu_threads,
   --micro_shards), a process of 4 forced devices gave the ResNet's convolutions other bits
   than a process of 1 on a 2-core AVX2 machine: their pools were 4 and 2 threads. The pool
   of M is also why these runs are not in this process: its backend started with 2.)"""
+  warm = lambda name: ({"init_from": reference[name].output, "seed": 1}
+                       if name in MICRO_INIT_FROM else {})
   configs = {(name, d): tiny(name, f"{name}-micro{d}", micro_shards=4, devices=d,
-                             max_steps=MICRO_STEPS)
+                             max_steps=MICRO_STEPS, **warm(name))
              for name in OTHER_TASKS for d in (1, 2, 4)}
   for devices, wanted in ((1, (1,)), (4, (2, 4))):
     run_on_devices([c for (_, d), c in configs.items() if d in wanted], devices,
@@ -212,6 +219,9 @@ def micro_shard_runs(tiny, tmp_path_factory):
 def test_micro_shards_give_the_same_bits_on_1_2_and_4_devices(name, micro_shard_runs):
   for devices in (2, 4):
     assert_same_run(micro_shard_runs[(name, 1)], micro_shard_runs[(name, devices)])
+  if name in MICRO_INIT_FROM:  # a fine-tune: its lineage names the reference run
+    lineage, = repro.load(micro_shard_runs[(name, 4)]).manifest["lineage"]
+    assert lineage["kind"] == "run" and Path(lineage["path"]).parent.name == f"{name}-reference"
 
 
 def test_micro_shards_run_the_scan_and_the_step_program_is_refused_with_them(
