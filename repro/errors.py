@@ -8,6 +8,7 @@ class's exit_code (docs/faults.md's table of exit codes is this file):
   74  CheckpointReadError   a checkpoint could not be read (an I/O error; nothing renamed)
   74  OutputWriteError      a command's output (an export, what bin/eval prints) could not
                             be written; nothing half-written is left in its place
+  74  DataReadError   a data source could not be read (an I/O error, not damaged data)
   75  PeerLost        another process of the run died (a signal also exits 75)
 """
 
@@ -70,6 +71,16 @@ class OutputWriteError(Exception):
 
   An export is written beside its --out and renamed into place, so a failed one
   leaves nothing at --out; rerunning once the cause is fixed writes it whole.
+  """
+
+  exit_code = 74  # EX_IOERR
+
+
+class DataReadError(Exception):
+  """A data source could not be read because the file system failed (not because it is damaged).
+
+  The run stops at the chunk being read; the finalized checkpoints are intact.
+  Rerunning once the disk is healthy resumes from the newest of them, bitwise.
   """
 
   exit_code = 74  # EX_IOERR

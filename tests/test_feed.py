@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -14,8 +15,10 @@ import pytest
 from bits import assert_bitwise_equal, read_losses, restore_state
 from conftest import TRAIN, flags_of, quiet, small_config
 from repro import Config, ReproError
+from repro.cli import common
 from repro.data import datasets as data
 from repro.data import source as repro_source
+from repro.errors import DataReadError, exit_code_of
 
 pytestmark = pytest.mark.quick  # in `pytest -m quick` (BUILD.md)
 
@@ -190,3 +193,51 @@ def test_an_index_outside_a_source_is_one_line(source):
     source.gather(np.array([-1, 0]))
   assert source.gather(np.array([len(source) - 1]))["x"].tolist() == [len(source) - 1 +
                                                                        getattr(source, "start", 0)]
+
+
+class Failing:
+  """A reader whose every read raises `error`: a source's files failing under it."""
+
+  def __init__(self, error: Exception):
+    self.error = error
+
+  def __len__(self) -> int:
+    return 10
+
+  def __getitems__(self, rows):  # how TFDS's array_record reader is read
+    raise self.error
+
+  def __getitem__(self, rows):  # how a Hugging Face dataset's Arrow table is read
+    raise self.error
+
+
+def tfds_reading(error: Exception) -> repro_source.TFDS:
+  source = object.__new__(repro_source.TFDS)  # a prepared dataset's reader, failing
+  source.name, source.split, source.data = "mnist", "train", Failing(error)
+  return source
+
+
+def hf_reading(error: Exception) -> repro_source.HuggingFace:
+  datasets = pytest.importorskip("datasets")
+  source = repro_source.HuggingFace(datasets.Dataset.from_dict({"x": [1.0, 2.0]}))
+  source._arrow = Failing(error)
+  return source
+
+
+@pytest.mark.parametrize("reading", [tfds_reading, hf_reading])
+def test_a_failing_disk_under_a_source_is_exit_74_and_damaged_or_vanished_files_exit_2(
+    reading, capsys):
+  eio = OSError(errno.EIO, "Input/output error")
+  with pytest.raises(DataReadError, match=r"^reading .+ failed \(Input/output error\): the file "
+                                          r"system failed, not the data; rerun once") as found:
+    reading(eio).gather(np.array([0]))
+  assert exit_code_of(found.value) == 74
+  for error in (FileNotFoundError(errno.ENOENT, "No such file or directory"),
+                ValueError("bad record")):  # a library's own error for a damaged file
+    with pytest.raises(ReproError, match=rf"^reading .+ failed \({type(error).__name__}: .+\): "
+                                         rf"its (cache )?files are damaged or gone"):
+      reading(error).gather(np.array([0]))
+  # bin/train, bin/eval: the line and exit 74, the run's checkpoints closed as on any error
+  assert common.one_line_errors(lambda argv: reading(eio).gather(np.array([0])))([]) == 74
+  err = capsys.readouterr().err
+  assert err.startswith("error: reading ") and err.count("\n") == 1

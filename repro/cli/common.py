@@ -25,8 +25,8 @@ from repro import task as task_lib
 from repro.cli.task_options import (OPTION_ARG, TASK_FLAG, named_task, read_task_options,
                                     take_task_options)
 from repro.config import Config
-from repro.errors import (CheckpointReadError, CheckpointWriteError, NonFiniteLoss,
-                          OutputWriteError, ReproError, os_cause, squeezed)
+from repro.errors import (CheckpointReadError, CheckpointWriteError, DataReadError,
+                          NonFiniteLoss, OutputWriteError, ReproError, os_cause, squeezed)
 
 FLAGS = flags.FLAGS
 EXIT_BAD_INPUT = 2
@@ -186,7 +186,7 @@ def one_line_errors(main):
       logging.set_verbosity(logging.FATAL)  # Orbax, TFDS, ...: -v 0 shows their logs
     try:
       return main(argv, **kwargs)
-    except (ReproError, NonFiniteLoss) as err:
+    except (ReproError, NonFiniteLoss, DataReadError) as err:
       print(f"error: {err}", file=sys.stderr)
       return err.exit_code
     except (CheckpointReadError, CheckpointWriteError, OutputWriteError) as err:

@@ -25,12 +25,24 @@ from pathlib import Path
 import numpy as np
 
 from repro.data import adapters
-from repro.errors import ReproError, squeezed
+from repro.errors import DataReadError, ReproError, squeezed
 
 SAMPLES = 64  # examples hashed into a source's fingerprint
 FINGERPRINT_RULE = (f"sha256 over the number of examples, each feature's dtype and shape, and "
                     f"the bytes of the {SAMPLES} examples at positions i * n // {SAMPLES}")
 CHANGE_RULE = "each file's size and modification time, checked at every chunk"
+_GONE = (FileNotFoundError, NotADirectoryError)  # a file that vanished: the data, not the disk
+
+
+def unreadable(what: str, err: Exception, fix: str) -> Exception:
+  """The one-line error for a read that raised `err`: the file system failing (an OSError
+  other than a vanished file: DataReadError, exit 74), else the data damaged or gone
+  (ReproError, exit 2, with `fix`)."""
+  if isinstance(err, OSError) and not isinstance(err, _GONE):
+    return DataReadError(f"reading {what} failed ({err.strerror or squeezed(err)}): the file "
+                         f"system failed, not the data; rerun once it is healthy (the run "
+                         f"resumes from its newest checkpoint)")
+  return ReproError(f"reading {what} failed ({type(err).__name__}: {squeezed(err)}): {fix}")
 
 
 class Source:
@@ -212,9 +224,8 @@ class TFDS(Source):
     try:
       examples = self.data.__getitems__([int(i) for i in indices])
     except Exception as err:  # array_record raises its own types for a damaged file
-      raise ReproError(f"reading TFDS {self.name} {self.split} failed ({type(err).__name__}: "
-                       f"{squeezed(err)}): its files are damaged; prepare "
-                       f"it again") from None
+      raise unreadable(f"TFDS {self.name} {self.split}", err,
+                       "its files are damaged or gone; prepare it again") from None
     return {k: np.stack([np.asarray(e[k]) for e in examples]).astype(dtype, copy=False)
             for k, (dtype, _) in self._features.items()}
 
@@ -341,8 +352,8 @@ class HuggingFace(Source):
         batch = adapters.arrow_arrays(self._arrow[rows], self._plain) if self._arrow else {}
         return {**batch, **(dict(self._numpy[rows]) if self._numpy is not None else {})}
     except Exception as err:  # Arrow's errors on a damaged or vanished cache file
-      raise ReproError(f"reading {self.what} failed ({type(err).__name__}: {squeezed(err)}): "
-                       f"its cache files are damaged or gone; build it again") from None
+      raise unreadable(self.what, err, "its cache files are damaged or gone; build it again") \
+          from None
 
   def gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
     self._check_range(indices, self.what)
