@@ -34,7 +34,7 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
   try:
     jax.distributed.initialize(coordinator_address, num_processes, process_id,
                                initialization_timeout=timeout_s)
-  except Exception as err:  # jax raises ValueError, RuntimeError or XlaRuntimeError
+  except (ValueError, RuntimeError) as err:  # jax's JaxRuntimeError is a RuntimeError
     raise ReproError(
         f"cannot join the distributed run at {where} as process {process_id} of "
         f"{num_processes} ({one_line(err)}): check --coordinator_address, "
