@@ -2,7 +2,8 @@
 
 Resolve the task, check the output directory, load the data, plan (build and
 check everything; nothing is written yet), take the lock, start or resume
-(repro.train.resume), train (repro.train.trainer), and say how it ended. The loop is
+(repro.train.checkpointer, reading through repro.train.resume), train
+(repro.train.trainer), and say how it ended. The loop is
 repro.train.trainer; the numerics, which touch no file, are repro.train.core.
 """
 

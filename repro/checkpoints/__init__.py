@@ -1,5 +1,6 @@
 """Checkpoint storage: the Orbax store (store), leaf digests (digest), the run
-directory's lock (lock), and reading what a run or an export stored (stored).
+directory's lock (lock), reading what a run or an export stored (stored), and what an
+Orbax or tensorstore error is: the file system failing, damage, or a bug (failures).
 Imports nothing of train, model, proof or cli.
 """
 

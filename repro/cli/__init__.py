@@ -1,6 +1,7 @@
-"""The command line: one module per binary (train, verify, evaluate, export, plot_main, check,
-audit, replay), each with define_flags() and main(argv), over what they share (common: the
-absl parser, flags -> Config, one-line errors) and a task's options (task_options).
+"""The command line: one module per binary (train, verify, evaluate, export, plot, check,
+audit, replay, golden), each with define_flags() and main(argv), over what they share (common:
+the absl parser, flags -> Config, one-line errors; stopping: a signal outside a training
+loop) and a task's options (task_options).
 Imports any layer below it; nothing imports it.
 """
 

@@ -1,5 +1,6 @@
 """Proofs: comparing runs (verify), fresh-process checks (checker, check_run, processes),
-audits and replays of stored steps (audits, replays) and a model's lineage (lineage).
+audits and replays of stored steps (audits, replays), a model's lineage (lineage) and a
+task's recorded bits (golden).
 Imports nothing of cli.
 """
 

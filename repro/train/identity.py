@@ -27,11 +27,11 @@ from repro.machine import environment
 from repro.train import rewrites
 from repro.train import rng
 from repro.data import shuffle
+from repro.config import Config
 from repro.errors import ReproError
 from repro.task import DEFAULT_TASK_NAME
 
 if TYPE_CHECKING:
-  from repro.config import Config
   from repro.task import Task
 
 # The config fields whose values always decide the trained bits.
@@ -97,7 +97,6 @@ def config_fields(config: Config) -> dict[str, Any]:
 
 def reserved_names() -> set[str]:
   """Names a task's option may not take: they would mix with repro's own identity keys."""
-  from repro.config import Config  # the config module imports this one
   return {f.name for f in dataclasses.fields(Config)} | set(ADDED_KEYS)
 
 

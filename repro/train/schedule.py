@@ -5,8 +5,10 @@
     epoch        steps_per_epoch    with validation   a multiple (an epoch end)
     evaluation   eval_every         with validation   a multiple
     checkpoint   checkpoint_every   yes            a multiple, the end, or an improvement
-    hook <i>     each hook's every  yes            a multiple
+    hook <i>     each hook's every  yes            a multiple (every hook's at_boundary runs
+                                                   at every boundary: `every` adds boundaries)
     end          the target         yes            the target (or an early stop)
+    stop         a signal           at the boundary it is seen after; saves there if it did not
 
 Early stopping and the plateau decay act on evaluations (repro.train.control),
 so they come at the evaluation steps. A boundary is where the host acts: the
@@ -89,6 +91,10 @@ class Schedule:
     """A checkpoint is saved at `step`: by the interval, on an improvement of the monitor, or
     at the end (the target or an early stop)."""
     return self.due(step).checkpoint or improved or finished
+
+  def saves_at_stop(self, saved: bool) -> bool:
+    """A stop (SIGTERM, SIGINT) seen after a boundary saves there, unless the boundary saved."""
+    return not saved
 
   def finished(self, state: RunState) -> bool:
     """The run reached its target, or early stopping ended it."""

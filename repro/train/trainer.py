@@ -69,7 +69,7 @@ class Trainer:
       state = last.state
       if not self.schedule.finished(state):
         stop = self.signals.poll()                                    # stop on a signal
-        if stop is not None and not last.checkpoint:
+        if stop is not None and self.schedule.saves_at_stop(last.checkpoint):
           self.save(last)
     return Ending(state=state, last=last, stop=stop)
 
