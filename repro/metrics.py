@@ -15,6 +15,7 @@ timings.jsonl  each chunk's wall time and ms a step, never cut back (speed
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 from pathlib import Path
@@ -28,6 +29,11 @@ FILENAME = "metrics.jsonl"
 TRACE_FILENAME = "trace.jsonl"
 EVENTS_FILENAME = "events.jsonl"
 TIMINGS_FILENAME = "timings.jsonl"
+
+
+def now() -> str:
+  """The time of an event, a manifest or an export: UTC, ISO 8601."""
+  return datetime.datetime.now(datetime.timezone.utc).isoformat()
 
 
 def read(path: Path) -> list[dict]:

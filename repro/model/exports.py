@@ -30,7 +30,7 @@ from repro.checkpoints import failures
 from repro.checkpoints import stored as stored_lib
 from repro.model import trained as trained_lib
 from repro.train import warmstart
-from repro.train.components import now
+from repro.metrics import now
 from repro.errors import OutputWriteError, ReproError, os_cause
 
 DTYPES = ("float32", "bfloat16")

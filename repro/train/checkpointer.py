@@ -23,7 +23,7 @@ from repro.errors import CheckpointWriteError, PeerLost
 from repro.metrics import VAL
 from repro.train import manifest as manifest_lib
 from repro.train import resume
-from repro.train.components import now
+from repro.metrics import now
 from repro.train.runstate import RunState, StepInfo
 
 

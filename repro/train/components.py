@@ -16,7 +16,6 @@ trainer calls them in the order they act.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import sys
 from pathlib import Path
@@ -33,12 +32,8 @@ from repro import metrics as metrics_lib
 from repro.train import optim
 from repro.machine import parallel
 from repro.errors import NonFiniteLoss
-from repro.metrics import TRAIN, VAL
+from repro.metrics import TRAIN, VAL, now
 from repro.train.runstate import Chunk, RunState, StepInfo
-
-
-def now() -> str:
-  return datetime.datetime.now(datetime.timezone.utc).isoformat()
 
 
 def hex32(value) -> str:

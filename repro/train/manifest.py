@@ -12,7 +12,7 @@ from __future__ import annotations
 from repro.checkpoints import digest
 from repro.data import shuffle
 from repro.data import source as source_lib
-from repro.train.components import now
+from repro.metrics import now
 from repro.train.runstate import RunState
 
 FORMAT = 2  # 2: tasks (the data section describes any task's splits)
