@@ -20,10 +20,9 @@ from flax import nnx
 from repro import metrics as metrics_lib
 from repro.checkpoints import store as checkpoint
 from repro.errors import CheckpointWriteError, PeerLost
-from repro.metrics import VAL
+from repro.metrics import VAL, now
 from repro.train import manifest as manifest_lib
 from repro.train import resume
-from repro.metrics import now
 from repro.train.runstate import RunState, StepInfo
 
 
