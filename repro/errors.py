@@ -115,6 +115,28 @@ def one_line(err: BaseException) -> str:
 
 
 _OS_ERROR_CODE = re.compile(r"os_error_code='(\d+)'")
+# A file that vanished: the data or the checkpoint is gone, the disk did not fail.
+GONE = (FileNotFoundError, NotADirectoryError)
+# The operating system's words for the file system failing, in the messages of libraries
+# that raise their own types (tensorstore, array_record: "read() failed: Input/output
+# error"; tensorstore also names the errno: "[os_error_code='5']").
+_IO_WORDS = re.compile(r"Input/output error|Permission denied|Stale file handle|UNAVAILABLE|"
+                       r"No space left|Disk quota|Read-only file system|RESOURCE_EXHAUSTED|"
+                       r"os_error_code='\d+'")
+
+
+def chain(err: BaseException | None):
+  """err, its cause or context, theirs, ..."""
+  while err is not None:
+    yield err
+    err = err.__cause__ or err.__context__
+
+
+def disk_failed(err: BaseException) -> bool:
+  """Whether `err` is the file system failing: an OSError in its chain (but a vanished
+  file), or the operating system's words for it in a library's own error."""
+  return any(isinstance(e, OSError) and not isinstance(e, GONE) or _IO_WORDS.search(str(e))
+             for e in chain(err))
 
 
 def os_cause(err: BaseException) -> str:

@@ -39,7 +39,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from repro.errors import ReproError, one_line
+from repro.errors import DataReadError, ReproError, disk_failed, one_line, os_cause
 
 # The task a run trains when none is named (as package.module:attr), and its name.
 DEFAULT_TASK = "repro.tasks.cnn:CNN"
@@ -191,6 +191,10 @@ def guarded(what: str, task: Task, fn: Callable) -> Any:
   except ReproError:
     raise
   except Exception as err:  # the user's code: one line, not a traceback
+    if disk_failed(err):  # the disk under it, not the task: exit 74
+      raise DataReadError(f"task {task_name(task)}: {what} failed reading a file "
+                          f"({os_cause(err)}): the file system failed, not the task; rerun "
+                          f"once it is healthy") from None
     raise ReproError(f"task {task_name(task)}: {what} failed ({one_line(err)})") from None
 
 

@@ -228,10 +228,14 @@ def hf_reading(error: Exception) -> repro_source.HuggingFace:
 def test_a_failing_disk_under_a_source_is_exit_74_and_damaged_or_vanished_files_exit_2(
     reading, capsys):
   eio = OSError(errno.EIO, "Input/output error")
-  with pytest.raises(DataReadError, match=r"^reading .+ failed \(Input/output error\): the file "
-                                          r"system failed, not the data; rerun once") as found:
-    reading(eio).gather(np.array([0]))
-  assert exit_code_of(found.value) == 74
+  # array_record's own type for it (seen under strace's injected EIO), the OS's words inside
+  library_eio = RuntimeError("read() failed: Input/output error; reading /d/x.array_record")
+  for error in (eio, library_eio):
+    with pytest.raises(DataReadError, match=r"^reading .+ failed \(.*Input/output error.*\): "
+                                            r"the file system failed, not the data; rerun once"
+                       ) as found:
+      reading(error).gather(np.array([0]))
+    assert exit_code_of(found.value) == 74
   for error in (FileNotFoundError(errno.ENOENT, "No such file or directory"),
                 ValueError("bad record")):  # a library's own error for a damaged file
     with pytest.raises(ReproError, match=rf"^reading .+ failed \({type(error).__name__}: .+\): "
@@ -241,3 +245,24 @@ def test_a_failing_disk_under_a_source_is_exit_74_and_damaged_or_vanished_files_
   assert common.one_line_errors(lambda argv: reading(eio).gather(np.array([0])))([]) == 74
   err = capsys.readouterr().err
   assert err.startswith("error: reading ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("error, kind, line", [
+    (OSError(errno.EIO, "Input/output error"), DataReadError,
+     "task failing: data() failed reading a file (Input/output error): the file system failed, "
+     "not the task; rerun once it is healthy"),
+    (ValueError("no such column"), ReproError,
+     "task failing: data() failed (ValueError: no such column)"),
+])
+def test_a_tasks_data_failing_on_the_disk_is_exit_74_and_its_own_errors_exit_2(error, kind, line):
+  from repro import task as task_lib
+
+  class Failing(task_lib.Task):
+    name = "failing"
+
+    def data(self):
+      raise error
+
+  with pytest.raises(kind) as found:
+    task_lib.guarded("data()", Failing(), Failing().data)
+  assert str(found.value) == line and exit_code_of(found.value) == kind.exit_code

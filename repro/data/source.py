@@ -25,23 +25,22 @@ from pathlib import Path
 import numpy as np
 
 from repro.data import adapters
-from repro.errors import DataReadError, ReproError, squeezed
+from repro.errors import DataReadError, ReproError, disk_failed, os_cause, squeezed
 
 SAMPLES = 64  # examples hashed into a source's fingerprint
 FINGERPRINT_RULE = (f"sha256 over the number of examples, each feature's dtype and shape, and "
                     f"the bytes of the {SAMPLES} examples at positions i * n // {SAMPLES}")
 CHANGE_RULE = "each file's size and modification time, checked at every chunk"
-_GONE = (FileNotFoundError, NotADirectoryError)  # a file that vanished: the data, not the disk
 
 
 def unreadable(what: str, err: Exception, fix: str) -> Exception:
-  """The one-line error for a read that raised `err`: the file system failing (an OSError
-  other than a vanished file: DataReadError, exit 74), else the data damaged or gone
+  """The one-line error for a read that raised `err`: the file system failing
+  (repro.errors.disk_failed: DataReadError, exit 74), else the data damaged or gone
   (ReproError, exit 2, with `fix`)."""
-  if isinstance(err, OSError) and not isinstance(err, _GONE):
-    return DataReadError(f"reading {what} failed ({err.strerror or squeezed(err)}): the file "
-                         f"system failed, not the data; rerun once it is healthy (the run "
-                         f"resumes from its newest checkpoint)")
+  if disk_failed(err):
+    return DataReadError(f"reading {what} failed ({os_cause(err)}): the file system failed, "
+                         f"not the data; rerun once it is healthy (the run resumes from its "
+                         f"newest checkpoint)")
   return ReproError(f"reading {what} failed ({type(err).__name__}: {squeezed(err)}): {fix}")
 
 
