@@ -35,8 +35,13 @@ def pytest_unconfigure(config):
   if _MADE_CACHE:
     shutil.rmtree(os.environ[_SUITE_CACHE], ignore_errors=True)
 
+from repro.machine import environment  # noqa: E402
+
+environment.defer_collection()  # as bin/train does, until JAX, Flax and Orbax are imported
 import idx_data  # noqa: E402
 from repro import Config, run  # noqa: E402
+
+environment.settle_imports()
 
 N_TRAIN = 256
 BATCH = 16

@@ -14,8 +14,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+from repro.machine import environment  # noqa: E402
+
+environment.defer_collection()  # as bin/train does
 import repro  # noqa: E402
+from repro import runner  # noqa: E402
 
 if __name__ == "__main__":
+  environment.settle_imports()
   for values in json.loads(Path(sys.argv[1]).read_text()):
-    repro.run(repro.Config.from_dict(values), log=lambda _: None)
+    runner.run(repro.Config.from_dict(values), log=lambda _: None)

@@ -29,6 +29,8 @@ def main(argv: list[str]) -> int:
   """bin/eval RUN: 0 evaluated, 2 bad input. argv: RUN and the --task.<option> arguments."""
   from repro.model import evaluation
   from repro.checkpoints import stored
+  from repro.machine import environment
+  environment.settle_imports()
   step = common.step_of(FLAGS.step)
   spec = FLAGS.task or stored.find(argv[1], step).config.get("task", DEFAULT_TASK)
   task = task_lib.resolve(spec)

@@ -19,6 +19,8 @@ def define_flags() -> None:
 def main(argv: list[str]) -> int:
   """bin/export RUN --out=DIR: 0 written, 2 bad input."""
   from repro.model.exports import export
+  from repro.machine import environment
+  environment.settle_imports()
   out = export(argv[1], FLAGS.out, common.step_of(FLAGS.step), FLAGS.dtype)
   print(f"exported {argv[1]} to {out} ({FLAGS.dtype}): restore {out}/model with Orbax, or "
         f"repro.load({str(out)!r})")

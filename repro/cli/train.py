@@ -7,7 +7,7 @@ import os
 from repro.cli import common
 from repro.cli.common import FLAGS
 from repro.errors import CheckpointWriteError, PeerLost
-from repro.machine import backend
+from repro.machine import backend, environment
 from repro.metrics import TEST
 from repro.train.stop import EXIT_STOPPED
 
@@ -26,6 +26,7 @@ def main(argv: list[str], hooks=()) -> int:
       or FLAGS.process_id is not None or os.environ.get("JAX_COORDINATOR_ADDRESS")):
     parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   from repro.runner import run
+  environment.settle_imports()
   try:
     result = run(config, hooks=hooks)
   except (PeerLost, CheckpointWriteError) as err:

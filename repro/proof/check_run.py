@@ -19,6 +19,8 @@ import os
 import sys
 from pathlib import Path
 
+from repro.machine import environment  # no NumPy or JAX: see _pin
+
 MODULE = __spec__.name  # repro.proof.processes.MODULE, run with -m
 MAIN_MODULE = "__repro_check_main__"  # the caller's script, loaded as a module
 
@@ -67,6 +69,7 @@ def train(task_file: Path, config_file: Path, twice: str | None) -> int:
   from repro.config import Config
   from repro.errors import ReproError, exit_code_of, one_line
   from repro.runner import run
+  environment.settle_imports()
   try:
     task = load_task(task_file)
     config = Config.from_dict(json.loads(config_file.read_text()))
@@ -81,6 +84,7 @@ def train(task_file: Path, config_file: Path, twice: str | None) -> int:
 
 def main(argv: list[str]) -> int:
   """The run that `argv` (command()'s arguments) describes; its exit status."""
+  environment.defer_collection()  # until train() has imported what it needs
   args = _parser().parse_args(argv)
   if args.cpus:
     _pin({int(c) for c in args.cpus.split(",")}, argv)
