@@ -41,8 +41,7 @@ from flax import nnx
 
 from repro.errors import DataReadError, ReproError, disk_failed, one_line, os_cause
 
-# The task a run trains when none is named (as package.module:attr), and its name.
-DEFAULT_TASK = "repro.tasks.cnn:CNN"
+# The name of the task a run trains when none is named (repro.config.DEFAULT_TASK).
 DEFAULT_TASK_NAME = "cnn"
 
 Batch = dict[str, jax.Array]

@@ -21,7 +21,6 @@ from typing import NoReturn, Sequence
 
 from absl import flags, logging
 
-from repro import task as task_lib
 from repro.cli.task_options import (OPTION_ARG, TASK_FLAG, named_task, read_task_options,
                                     take_task_options)
 from repro.config import Config
@@ -69,6 +68,7 @@ def define_train_flags() -> None:
 
 def _describe_task(spec: str) -> None:
   """--task's help names task `spec`'s options and their defaults (for --help)."""
+  from repro import task as task_lib  # imports JAX: only once the flags ask for a task
   try:
     options = task_lib.resolve(spec).options()
   except ReproError as err:
@@ -140,6 +140,8 @@ def config_from_flags(option_words: Sequence[str] = ()) -> Config:
   """
   base = _json_config(FLAGS.config) if FLAGS.config else Config()
   changes = {f.name: FLAGS[f.name].value for f in flag_fields() if FLAGS[f.name].present}
+  base.replace(**changes).validate()  # a bad value is refused before the task is imported
+  from repro import task as task_lib  # imports JAX
   spec = changes.get(TASK_FLAG, base.task)
   options = dict(base.task_options) if spec == base.task else {}
   options.update(read_task_options(task_lib.resolve(spec), spec, option_words))

@@ -6,11 +6,10 @@ import json
 
 from absl import flags
 
-from repro import task as task_lib
 from repro.cli import common
 from repro.cli.common import FLAGS
 from repro.cli.task_options import TASK_FLAG, read_task_options
-from repro.task import DEFAULT_TASK
+from repro.config import DEFAULT_TASK
 
 def define_flags() -> None:
   """bin/eval's flags: which checkpoint, which split, the output form, the task's options."""
@@ -29,6 +28,7 @@ def main(argv: list[str]) -> int:
   """bin/eval RUN: 0 evaluated, 2 bad input. argv: RUN and the --task.<option> arguments."""
   from repro.model import evaluation
   from repro.checkpoints import stored
+  from repro import task as task_lib
   from repro.machine import environment
   environment.settle_imports()
   step = common.step_of(FLAGS.step)

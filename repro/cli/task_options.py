@@ -16,9 +16,11 @@ import types
 import typing
 from typing import Any, Callable, Sequence
 
-from repro import task as task_lib
+from repro.config import DEFAULT_TASK
 from repro.errors import ReproError
-from repro.task import DEFAULT_TASK
+
+if typing.TYPE_CHECKING:  # repro.task imports JAX: a command line is read without it
+  from repro import task as task_lib
 
 TASK_FLAG = "task"  # the Config field, and its flag, that names the task
 # A task-option argument: --task.<option>=value, or --task.<option> / --notask.<option>

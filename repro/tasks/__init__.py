@@ -6,7 +6,7 @@ charlm      a tiny decoder-only transformer language model on any UTF-8 text
 regression  an MLP regression on NumPy arrays passed in from Python
 """
 
-from repro.task import DEFAULT_TASK as DEFAULT  # what --task means when it is not given
+from repro.config import DEFAULT_TASK as DEFAULT  # what --task means when it is not given
 
 from repro import _lazy
 
