@@ -183,6 +183,17 @@ def test_helpfull_lists_the_options_of_the_task_given():
   assert "dataset=" not in result.stdout
 
 
+@pytest.mark.parametrize("flag", ["--batch_size=0", "--epochs=x", "--nosuchflag"])
+def test_a_bad_flag_is_refused_before_jax_is_imported(flag):
+  """A mistyped command answers at once (0.16 CPU-s here, not the 1.2 of importing JAX)."""
+  done = subprocess.run([sys.executable, "-X", "importtime", str(TRAIN), flag],
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 2
+  imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()
+              if line.startswith("import time:")]
+  assert "repro.config" in imported and "jax" not in imported, imported
+
+
 def test_help_for_a_task_that_cannot_be_imported_is_one_line():
   assert "cannot import task no.such.module:Task" in error_line(
       train("--help", "--task=no.such.module:Task"))
